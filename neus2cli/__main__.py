@@ -1,0 +1,3 @@
+from neus2cli.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""The ``neus2`` command line: parse, validate, call library functions.
+
+Each command group lives in its own module and registers itself on ``app``.
+Library code raises ``UserError`` for bad input; ``main`` turns that into one
+paragraph on stderr and exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import typer
+from rich.console import Console
+
+from neus2cli.errors import UserError
+
+app = typer.Typer(
+    name="neus2",
+    help="Fast neural surface reconstruction (NeuS2): posed, masked images in, coloured mesh out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+err_console = Console(stderr=True)
+
+
+def _register_commands() -> None:
+    # Imported for their side effect of adding commands to ``app``.
+    from neus2cli.cli import data_cmds, eval_cmds, train_cmds  # noqa: F401
+
+
+def report_user_error(err: UserError) -> None:
+    """Print ``err`` as one wrapped paragraph on stderr."""
+    text = textwrap.fill(str(err), width=100)
+    err_console.print(f"[bold red]error:[/bold red] {text}", highlight=False, markup=True, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``neus2``)."""
+    _register_commands()
+    try:
+        app(args=argv, prog_name="neus2")
+    except UserError as err:
+        report_user_error(err)
+        sys.exit(err.exit_code)

@@ -1,0 +1,37 @@
+"""Shared fixtures: the development data beside the repo, and GPU skipping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# The call's parentheses matter: a bare function object is always truthy.
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test with a clear message when absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"development data not found at {path} (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture
+def dtu_scan24() -> Path:
+    return shared_path("dtu_scan24_quarter")
+
+
+@pytest.fixture
+def lego_half() -> Path:
+    return shared_path("lego_half")
+
+
+@pytest.fixture
+def meshes_dir() -> Path:
+    return shared_path("meshes")
