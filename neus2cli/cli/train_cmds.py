@@ -1,3 +1,176 @@
-"""Placeholder module; commands are registered on ``neus2cli.cli.app``."""
+"""Commands: ``train``, ``train-dynamic``, ``export-mesh``, ``doctor``."""
 
-from neus2cli.cli import app  # noqa: F401
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from neus2cli.cli import app, err_console
+from neus2cli.errors import UserError
+
+console = Console()
+
+
+class BackendChoice(str, Enum):
+    auto = "auto"
+    tcnn = "tcnn"
+    torch = "torch"
+
+
+class MeshFormat(str, Enum):
+    ply = "ply"
+    obj = "obj"
+
+
+SET_HELP = "Override a config value, e.g. --set train.steps=500 (repeatable; bare keys work when unique)."
+
+
+def _interrupted(err, resume_hint: str) -> None:
+    err_console.print(
+        f"[yellow]Interrupted.[/yellow] A resumable checkpoint is at {err.checkpoint_path}. {resume_hint}",
+        soft_wrap=True,
+    )
+    sys.exit(130)
+
+
+@app.command("train")
+def train(
+    scene: Path | None = typer.Argument(None, help="Scene folder or JSON (default: the bundled demo scene)."),
+    config: str | None = typer.Option(
+        None, "--config", "-c", help="Preset name (base, dtu, fast, demo) or a JSON file. Default: base (demo for the demo scene)."
+    ),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps (overrides the config)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default outputs/<scene>/<timestamp>)."),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    backend: BackendChoice | None = typer.Option(None, "--backend", help="Compute path (default from the config: auto)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (for logs)."),
+) -> None:
+    """Reconstruct a static scene: writes config.json, checkpoint.pt, mesh.ply, metrics.json, renders/."""
+    from neus2cli.config import resolve_config
+    from neus2cli.train.static import train_static
+    from neus2cli.train.trainer import TrainingInterrupted
+
+    preset = config or ("base" if scene is not None else "demo")
+    cfg = resolve_config(
+        preset,
+        overrides,
+        **{"train.steps": steps, "backend": backend.value if backend else None},
+    )
+    if scene is None:
+        err_console.print("No scene given: training the bundled demo scene.")
+    try:
+        run_dir, metrics = train_static(
+            scene, cfg, out, resume=resume, force=force, progress=not no_progress, steps=steps
+        )
+    except TrainingInterrupted as err:
+        _interrupted(err, f"Continue with: neus2 train {scene or ''} --out {out or err.checkpoint_path.parent} --resume")
+        return
+    summary = {k: metrics[k] for k in ("steps", "train_seconds", "psnr_test", "backend") if k in metrics}
+    console.print(f"[green]done[/green] {run_dir}  " + "  ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _parse_bbox(text: str | None) -> np.ndarray | None:
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 6 or any(vals[i] >= vals[i + 3] for i in range(3)):
+        raise UserError(
+            f"--bbox must be six numbers xmin,ymin,zmin,xmax,ymax,zmax (world units) with min < max, got '{text}'."
+        )
+    return np.array(vals, dtype=np.float64).reshape(2, 3)
+
+
+@app.command("export-mesh")
+def export_mesh(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file, a run folder, or a dynamic run folder with --frame."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Mesh file to write (default next to the checkpoint)."),
+    resolution: int = typer.Option(512, "--resolution", "-r", min=16, max=2048, help="Marching-cubes lattice size."),
+    bbox: str | None = typer.Option(None, "--bbox", help="Region xmin,ymin,zmin,xmax,ymax,zmax in world units."),
+    fmt: MeshFormat = typer.Option(MeshFormat.ply, "--format", help="Mesh file format (when --out has no suffix)."),
+    no_color: bool = typer.Option(False, "--no-color", help="Skip vertex colours."),
+    min_component: float = typer.Option(
+        0.0, "--remove-floaters", help="Drop components smaller than this fraction of the largest (0 keeps all)."
+    ),
+    frame: int | None = typer.Option(None, "--frame", help="Frame index of a dynamic run."),
+    backend: BackendChoice = typer.Option(BackendChoice.auto, "--backend", help="Compute path."),
+) -> None:
+    """Extract a coloured, watertight mesh in the scene's world coordinates."""
+    from neus2cli.export.runs import export_run_mesh
+
+    path = export_run_mesh(
+        checkpoint,
+        out=out,
+        resolution=resolution,
+        bbox_world=_parse_bbox(bbox),
+        fmt=fmt.value,
+        color=not no_color,
+        min_component_fraction=min_component,
+        frame=frame,
+        backend=backend.value,
+    )
+    console.print(f"[green]wrote[/green] {path}")
+
+
+@app.command("doctor")
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
+    """Say which compute path `auto` will use, and why."""
+    from neus2cli import backends
+
+    report = backends.doctor_report()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        backends.print_doctor_report(report)
+
+
+class DynamicMode(str, Enum):
+    incremental = "incremental"
+    per_frame = "per-frame"
+
+
+@app.command("train-dynamic")
+def train_dynamic_cmd(
+    scene_dir: Path = typer.Argument(..., help="Folder of per-frame JSON files (NeuS2 layout), sorted by name."),
+    config: str = typer.Option("base", "--config", "-c", help="Preset name or JSON file."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default outputs/<scene>/<timestamp>)."),
+    mode: DynamicMode = typer.Option(DynamicMode.incremental, "--mode", help="incremental (NeuS2) or per-frame."),
+    frames: str | None = typer.Option(None, "--frames", help="Frame range a:b[:step] (input order)."),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    backend: BackendChoice | None = typer.Option(None, "--backend", help="Compute path (default from the config)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out after its last finished frame."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+) -> None:
+    """Reconstruct a multi-view video: one mesh and rigid transform per frame."""
+    from neus2cli.config import resolve_config
+    from neus2cli.train.dynamic import train_dynamic
+    from neus2cli.train.trainer import TrainingInterrupted
+
+    cfg = resolve_config(config, overrides, backend=backend.value if backend else None)
+    try:
+        run_dir, metrics = train_dynamic(
+            scene_dir, cfg, out, mode=mode.value, frames=frames, resume=resume, force=force,
+            progress=not no_progress,
+        )
+    except TrainingInterrupted as err:
+        _interrupted(err, f"Continue with: neus2 train-dynamic {scene_dir} --out {out or '<run folder>'} --resume")
+        return
+    console.print(
+        f"[green]done[/green] {run_dir}  frames={metrics['n_frames']}  "
+        f"first={_fmt(metrics['first_frame_seconds'])}s  later={_fmt(metrics['mean_seconds_after_first'])}s/frame"
+    )

@@ -1,0 +1,77 @@
+"""`neus2 export-mesh`: a mesh file from a static checkpoint or a frame of a dynamic run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from neus2cli import backends
+from neus2cli.data.scene import Normalization
+from neus2cli.errors import UserError
+from neus2cli.export.mesh import save_mesh
+
+
+def export_run_mesh(
+    checkpoint: str | Path,
+    *,
+    out: Path | None = None,
+    resolution: int = 512,
+    bbox_world: np.ndarray | None = None,
+    fmt: str = "ply",
+    color: bool = True,
+    min_component_fraction: float = 0.0,
+    frame: int | None = None,
+    backend: str = "auto",
+) -> Path:
+    """Write one mesh file (world frame) and return its path.
+
+    Args:
+        checkpoint: a ``checkpoint.*`` file or a run folder; a dynamic run folder needs ``frame``.
+        bbox_world: optional (2, 3) region in world units (default: the normalized unit cube).
+    """
+    from neus2cli.train.static import mesh_from_trainer
+
+    checkpoint = Path(checkpoint)
+    if frame is not None or (checkpoint.is_dir() and (checkpoint / "frames").is_dir()):
+        from neus2cli.train.dynamic import trainer_for_frame
+
+        if frame is None:
+            raise UserError("this is a dynamic run: say which frame to export with --frame k.", path=checkpoint)
+        trainer, normalization, world_from_canonical = trainer_for_frame(checkpoint, frame, backend=backend)
+        default_out = checkpoint / "frames" / f"{frame:04d}" / f"mesh_{resolution}.{fmt}"
+    else:
+        from neus2cli.train.checkpoint import find_checkpoint, load_checkpoint
+        from neus2cli.train.static import trainer_from_checkpoint
+
+        ckpt = load_checkpoint(checkpoint)
+        trainer = trainer_from_checkpoint(ckpt, backend=backends.resolve_backend(backend))
+        normalization = Normalization.from_dict(ckpt["normalization"])
+        world_from_canonical = None
+        default_out = find_checkpoint(checkpoint).parent / f"mesh_{resolution}.{fmt}"
+
+    bbox = None
+    if bbox_world is not None:
+        bbox = normalization.world_to_normalized(np.asarray(bbox_world, dtype=np.float64).reshape(2, 3))
+    mesh = mesh_from_trainer(
+        trainer,
+        normalization,
+        resolution=resolution,
+        color=color,
+        bbox=bbox,
+        min_component_fraction=min_component_fraction,
+    )
+    if world_from_canonical is not None:
+        mesh.apply_transform(world_from_canonical)
+    if len(mesh.faces) == 0:
+        raise UserError(
+            "the SDF has no zero crossing in the export region, so the mesh is empty.",
+            path=checkpoint,
+            hint="Check --bbox (world units), or train longer.",
+        )
+    out = Path(out) if out is not None else default_out
+    if out.suffix == "":
+        out = out.with_suffix(f".{fmt}")
+    if out.suffix.lower() not in (".ply", ".obj"):
+        raise UserError("the mesh file must end in .ply or .obj.", path=out)
+    return save_mesh(mesh, out)

@@ -1,0 +1,142 @@
+"""NeuS2's networks: a hash-grid SDF network, a colour network and the learned sharpness.
+
+Every position here is in the **normalized** unit cube [0, 1]^3 (see
+``neus2cli.data.scene.Normalization``); the SDF is in normalized units too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from neus2cli.config import ModelConfig
+from neus2cli.model.encoding import HashGridConfig, make_hash_grid
+from neus2cli.model.sh import make_sh_encoding
+
+
+def hash_grid_config(cfg: ModelConfig) -> HashGridConfig:
+    return HashGridConfig(
+        n_levels=cfg.n_levels,
+        n_features_per_level=cfg.n_features_per_level,
+        log2_hashmap_size=cfg.log2_hashmap_size,
+        base_resolution=cfg.base_resolution,
+        finest_resolution=cfg.finest_resolution,
+    )
+
+
+class SDFNetwork(nn.Module):
+    """[x - 0.5, hash features] -> 64 ReLU -> ``sdf_outputs``, no biases.
+
+    Output channel 0 plus ``sdf_bias`` is the SDF; all outputs feed the colour network.
+    Geometric initialisation (SAL) makes the initial zero level set a sphere of radius
+    ``-sdf_bias`` around the cube centre: with first-layer xyz weights ~ N(0, 2/64),
+    E[sum_j relu(w_j . p)] = 64 * sqrt(2)/8 * |p| / sqrt(2 pi), and the constant output
+    weight sqrt(pi)/8 turns that into exactly |p|.
+    """
+
+    def __init__(self, cfg: ModelConfig, backend: str):
+        super().__init__()
+        self.encoding = make_hash_grid(hash_grid_config(cfg), backend)
+        n_enc = self.encoding.n_output_dims
+        self.n_levels = cfg.n_levels
+        self.n_features_per_level = cfg.n_features_per_level
+        self.sdf_bias = cfg.sdf_bias
+        self.hidden = nn.Linear(3 + n_enc, cfg.sdf_hidden, bias=False)
+        self.out = nn.Linear(cfg.sdf_hidden, cfg.sdf_outputs, bias=False)
+        self.register_buffer("level_mask", torch.ones(n_enc))
+        self.geometric_init()
+
+    @torch.no_grad()
+    def geometric_init(self) -> None:
+        width = self.hidden.out_features
+        self.hidden.weight.zero_()
+        self.hidden.weight[:, :3].normal_(0.0, math.sqrt(2.0) / math.sqrt(width))
+        self.out.weight.normal_(0.0, 1e-4)
+        self.out.weight[0].normal_(math.sqrt(math.pi) / math.sqrt(width), 1e-4)
+
+    def set_active_levels(self, n_active: int) -> None:
+        """Progressive training: features of levels >= ``n_active`` are zeroed."""
+        n_active = max(1, min(int(n_active), self.n_levels))
+        mask = torch.zeros(self.n_levels, self.n_features_per_level, device=self.level_mask.device)
+        mask[:n_active] = 1.0
+        self.level_mask.copy_(mask.reshape(-1))
+
+    @property
+    def active_levels(self) -> int:
+        return int(self.level_mask.reshape(self.n_levels, -1)[:, 0].sum().item())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, 3) normalized -> sdf (N,), outputs (N, sdf_outputs) (channel 0 without the bias)."""
+        features = self.encoding(x).float() * self.level_mask
+        h = torch.relu(self.hidden(torch.cat([x - 0.5, features], dim=-1)))
+        out = self.out(h)
+        return out[:, 0] + self.sdf_bias, out
+
+
+class ColorNetwork(nn.Module):
+    """[SDF-net outputs, SH(view dir), x - 0.5, grad SDF (unnormalized)] -> 64 -> 64 -> 3, sigmoid."""
+
+    def __init__(self, cfg: ModelConfig, backend: str):
+        super().__init__()
+        self.sh = make_sh_encoding(cfg.sh_degree, backend)
+        n_in = cfg.sdf_outputs + cfg.sh_degree**2 + 3 + 3
+        layers: list[nn.Module] = []
+        for i in range(cfg.color_layers):
+            layers += [nn.Linear(n_in if i == 0 else cfg.color_hidden, cfg.color_hidden, bias=False), nn.ReLU()]
+        layers.append(nn.Linear(cfg.color_hidden, 3, bias=False))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(
+        self, sdf_outputs: torch.Tensor, dirs: torch.Tensor, x: torch.Tensor, grad: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, sdf_outputs), (N, 3) unit ray directions, (N, 3) normalized points, (N, 3) -> rgb (N, 3) in [0, 1]."""
+        sh = self.sh(dirs).float()
+        return torch.sigmoid(self.mlp(torch.cat([sdf_outputs, sh, x - 0.5, grad], dim=-1)))
+
+
+class NeuSModel(nn.Module):
+    """SDF network, colour network and the sharpness s = exp(10 v) (``inv_s``)."""
+
+    def __init__(self, cfg: ModelConfig, backend: str):
+        super().__init__()
+        self.backend = backend
+        self.sdf_net = SDFNetwork(cfg, backend)
+        self.color_net = ColorNetwork(cfg, backend)
+        self.variance = nn.Parameter(torch.tensor(float(cfg.init_variance)))
+
+    @property
+    def inv_s(self) -> torch.Tensor:
+        """Scalar sharpness s of the logistic CDF sigma(s f)."""
+        return torch.exp(self.variance * 10.0)
+
+    def sdf(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3) normalized -> (N,) SDF in normalized units."""
+        return self.sdf_net(x)[0]
+
+    def sdf_and_gradient(
+        self, x: torch.Tensor, create_graph: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 3) -> sdf (N,), grad (N, 3) = d sdf / d x, outputs (N, sdf_outputs).
+
+        ``create_graph=True`` keeps the graph of the gradient, so the eikonal loss can be
+        differentiated w.r.t. the parameters (double backward).
+        """
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            sdf, outputs = self.sdf_net(x)
+            (grad,) = torch.autograd.grad(sdf, x, torch.ones_like(sdf), create_graph=create_graph)
+        return sdf, grad, outputs
+
+    def color(
+        self, sdf_outputs: torch.Tensor, dirs: torch.Tensor, x: torch.Tensor, grad: torch.Tensor
+    ) -> torch.Tensor:
+        return self.color_net(sdf_outputs, dirs, x, grad)
+
+    def mlp_weights(self) -> list[nn.Parameter]:
+        """Parameters that get the L2 penalty (MLP weights, not the hash tables)."""
+        return [p for n, p in self.named_parameters() if "encoding" not in n and n != "variance" and ".sh" not in n]
+
+    def encoding_params(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if "encoding" in n]

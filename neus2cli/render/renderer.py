@@ -1,0 +1,140 @@
+"""Render rays through a NeuS model: occupancy-grid sampling, NeuS alpha, compositing.
+
+Rays, samples and SDF values are all in the **normalized** unit-cube frame; ``t`` is
+in normalized units along unit directions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from neus2cli.model.fields import NeuSModel
+from neus2cli.render.neus import neus_alpha, neus_alpha_from_sdf_pair
+from neus2cli.render.volrend import accumulate_along_rays, render_weights_from_alpha
+
+RayTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class RenderOutput:
+    """Per-ray results (n_rays, ...) and per-sample values used by the losses.
+
+    Attributes:
+        rgb: (n_rays, 3) colour composited over ``bg_color``.
+        opacity: (n_rays,) accumulated weight.
+        depth: (n_rays,) expected t (normalized units; 0 where nothing was hit).
+        normal: (n_rays, 3) accumulated unit normal (zero where nothing was hit).
+        sdf_grad: (n_samples, 3) SDF gradients at every sample (for the eikonal loss).
+        n_samples: number of samples marched.
+    """
+
+    rgb: torch.Tensor
+    opacity: torch.Tensor
+    depth: torch.Tensor
+    normal: torch.Tensor
+    sdf_grad: torch.Tensor
+    n_samples: int
+
+
+def render_rays(
+    model: NeuSModel,
+    estimator,
+    rays_o: torch.Tensor,
+    rays_d: torch.Tensor,
+    *,
+    step_size: float,
+    bg_color: torch.Tensor,
+    early_stop_eps: float = 1e-4,
+    train: bool = False,
+    cos_anneal_ratio: float = 1.0,
+) -> RenderOutput:
+    """Render packed rays.
+
+    Args:
+        model: the NeuS networks.
+        estimator: an occupancy grid with nerfacc's ``OccGridEstimator.sampling`` API
+            (nerfacc's own on the GPU path, ``TorchOccupancyGrid`` on the CPU path).
+        rays_o: (n_rays, 3) origins, normalized frame.
+        rays_d: (n_rays, 3) unit directions.
+        step_size: marching step in normalized units.
+        bg_color: (3,) or (n_rays, 3) background colour in [0, 1].
+        early_stop_eps: stop a ray once its transmittance is below this.
+        train: jitter samples (stratified) and keep the graph for the eikonal double backward.
+        cos_anneal_ratio: NeuS cosine annealing ratio (1 = off).
+    """
+    n_rays = rays_o.shape[0]
+    inv_s = model.inv_s
+
+    def alpha_fn(t_starts: torch.Tensor, t_ends: torch.Tensor, ray_indices: torch.Tensor) -> torch.Tensor:
+        # Exact section-end SDFs: no gradient needed, so the pre-pass stays cheap.
+        o, d = rays_o[ray_indices], rays_d[ray_indices]
+        ends = torch.cat([o + d * t_starts[:, None], o + d * t_ends[:, None]], dim=0)
+        sdf = model.sdf(ends)
+        n = t_starts.shape[0]
+        return neus_alpha_from_sdf_pair(sdf[:n], sdf[n:], inv_s)
+
+    with torch.no_grad():
+        ray_indices, t_starts, t_ends = estimator.sampling(
+            rays_o,
+            rays_d,
+            alpha_fn=alpha_fn,
+            render_step_size=step_size,
+            early_stop_eps=early_stop_eps,
+            stratified=train,
+        )
+    n_samples = int(ray_indices.shape[0])
+    bg = bg_color.expand(n_rays, 3) if bg_color.dim() == 1 else bg_color
+    if n_samples == 0:
+        zeros = rays_o.new_zeros(n_rays)
+        return RenderOutput(bg.clone(), zeros, zeros, rays_o.new_zeros(n_rays, 3), rays_o.new_zeros(0, 3), 0)
+
+    dirs = rays_d[ray_indices]
+    t_mid = (t_starts + t_ends) * 0.5
+    x = rays_o[ray_indices] + dirs * t_mid[:, None]
+    sdf, grad, outputs = model.sdf_and_gradient(x, create_graph=train)
+    alpha = neus_alpha(sdf, grad, dirs, t_ends - t_starts, inv_s, cos_anneal_ratio)
+    rgb = model.color(outputs, dirs, x, grad)
+
+    weights, _ = render_weights_from_alpha(alpha, ray_indices=ray_indices, n_rays=n_rays)
+    color = accumulate_along_rays(weights, rgb, ray_indices=ray_indices, n_rays=n_rays)
+    opacity = accumulate_along_rays(weights, None, ray_indices=ray_indices, n_rays=n_rays).squeeze(-1)
+    depth = accumulate_along_rays(weights, t_mid[:, None], ray_indices=ray_indices, n_rays=n_rays).squeeze(-1)
+    unit_normal = torch.nn.functional.normalize(grad.detach() if not train else grad, dim=-1)
+    normal = accumulate_along_rays(weights, unit_normal, ray_indices=ray_indices, n_rays=n_rays)
+    color = color + (1.0 - opacity[:, None]) * bg
+    return RenderOutput(color, opacity, depth, normal, grad, n_samples)
+
+
+def render_image_rays(
+    model: NeuSModel,
+    estimator,
+    rays_o: torch.Tensor,
+    rays_d: torch.Tensor,
+    *,
+    step_size: float,
+    bg_color: torch.Tensor,
+    chunk: int = 4096,
+    early_stop_eps: float = 1e-4,
+) -> dict[str, torch.Tensor]:
+    """Render many rays in chunks without keeping graphs.
+
+    Returns ``rgb`` (n, 3), ``opacity`` (n,), ``depth`` (n,), ``normal`` (n, 3), detached.
+    """
+    parts: dict[str, list[torch.Tensor]] = {"rgb": [], "opacity": [], "depth": [], "normal": []}
+    for start in range(0, rays_o.shape[0], chunk):
+        out = render_rays(
+            model,
+            estimator,
+            rays_o[start : start + chunk],
+            rays_d[start : start + chunk],
+            step_size=step_size,
+            bg_color=bg_color,
+            early_stop_eps=early_stop_eps,
+            train=False,
+        )
+        for key in parts:
+            parts[key].append(getattr(out, key).detach())
+    return {k: torch.cat(v) for k, v in parts.items()}

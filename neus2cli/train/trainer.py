@@ -1,0 +1,341 @@
+"""One NeuS2 optimisation: model, occupancy grid, optimiser and weight EMA for one scene or frame.
+
+``NeuSTrainer`` is the engine shared by static training (``train.static``) and the
+incremental dynamic training (``train.dynamic``). Everything it touches lives in the
+**normalized** frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from neus2cli.config import Config
+from neus2cli.model.fields import NeuSModel
+from neus2cli.render.neus import logistic_density
+from neus2cli.render.occupancy import make_occupancy_grid
+from neus2cli.render.renderer import render_rays
+from neus2cli.train.losses import eikonal_loss, huber_loss, mask_bce, psnr_from_mse
+from neus2cli.train.pixels import PixelBank
+from neus2cli.train.progress import TrainProgress
+
+UNIT_CUBE = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C once a resumable checkpoint has been written."""
+
+    def __init__(self, checkpoint_path):
+        super().__init__(f"interrupted; checkpoint saved to {checkpoint_path}")
+        self.checkpoint_path = checkpoint_path
+
+
+class DivergenceError(RuntimeError):
+    """The loss or the parameters became non-finite, or the occupancy grid emptied."""
+
+
+@dataclass
+class StepStats:
+    loss: float
+    psnr: float
+    n_rays: int
+    n_samples: int
+
+
+def active_levels(step: int, n_levels: int, start_levels: int, start_step: int, every: int) -> int:
+    """Progressive training: ``start_levels`` until ``start_step``, then one more level every ``every`` steps."""
+    if every <= 0:
+        return n_levels
+    extra = max(0, step - start_step) // every
+    return int(min(n_levels, start_levels + extra))
+
+
+def lr_factor(step: int, total: int, decay_start: float, final_factor: float) -> float:
+    """1 until ``decay_start * total``, then exponential decay reaching ``final_factor`` at ``total``."""
+    begin = decay_start * total
+    if total <= 0 or step <= begin or final_factor >= 1.0:
+        return 1.0
+    frac = min(1.0, (step - begin) / max(total - begin, 1.0))
+    return float(final_factor**frac)
+
+
+class WeightEMA:
+    """Exponential moving average of a module's floating-point parameters."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.module = module
+        self.shadow = {n: p.detach().clone() for n, p in module.named_parameters()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self.decay <= 0:
+            return
+        names = list(self.shadow)
+        params = dict(self.module.named_parameters())
+        shadow = [self.shadow[n] for n in names]
+        current = [params[n].detach() for n in names]
+        torch._foreach_mul_(shadow, self.decay)
+        torch._foreach_add_(shadow, current, alpha=1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Temporarily load the averaged weights into the module."""
+        if self.decay <= 0:
+            yield
+            return
+        params = dict(self.module.named_parameters())
+        backup = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.shadow[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(backup[n])
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        for n, t in state["shadow"].items():
+            if n in self.shadow:
+                self.shadow[n].copy_(t)
+
+
+class NeuSTrainer:
+    """Optimises a ``NeuSModel`` against a ``PixelBank``.
+
+    Args:
+        cfg: the resolved run config.
+        backend: ``"tcnn"`` (tinycudann + nerfacc) or ``"torch"``.
+        device: where everything lives.
+        ray_transform: optional module mapping (rays_o, rays_d) of the current frame into the
+            model's canonical frame (the dynamic global transform); trained with its own optimiser.
+    """
+
+    def __init__(self, cfg: Config, backend: str, device: torch.device | str):
+        self.cfg = cfg
+        self.backend = backend
+        self.device = torch.device(device)
+        self.model = NeuSModel(cfg.model, backend).to(self.device)
+        self.grid = make_occupancy_grid(backend, UNIT_CUBE, cfg.sampling.grid_resolution).to(self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(cfg.train.seed)
+        self.bank: PixelBank | None = None
+        self.ray_transform: nn.Module | None = None
+        self.transform_optimizer: torch.optim.Optimizer | None = None
+        self.step = 0
+        self.total_steps = cfg.train.steps
+        self.n_rays = cfg.sampling.initial_rays
+        self.freeze_field = False
+        self.reset_optimizer()
+
+    # ----------------------------------------------------------------- state resets
+    def reset_optimizer(self) -> None:
+        t = self.cfg.train
+        groups = [
+            {"params": self.model.encoding_params(), "weight_decay": 0.0},
+            {"params": self.model.mlp_weights(), "weight_decay": t.weight_decay},
+            {"params": [self.model.variance], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.Adam(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
+        self.ema = WeightEMA(self.model, t.ema_decay)
+
+    def reset_grid(self) -> None:
+        self.grid = make_occupancy_grid(self.backend, UNIT_CUBE, self.cfg.sampling.grid_resolution).to(self.device)
+
+    def set_ray_transform(self, module: nn.Module | None, lr: float = 5e-3) -> None:
+        self.ray_transform = module
+        self.transform_optimizer = (
+            torch.optim.Adam(module.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-15) if module is not None else None
+        )
+
+    # ----------------------------------------------------------------- one step
+    @torch.no_grad()
+    def occupancy_fn(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, 3) normalized points -> (M,) logistic density of the SDF."""
+        return logistic_density(self.model.sdf(x), self.model.inv_s)
+
+    def update_grid(self, step: int, force_full: bool = False) -> None:
+        s = self.cfg.sampling
+        warmup = 10**9 if force_full else s.grid_warmup_steps
+        self.grid.update_every_n_steps(
+            step=step,
+            occ_eval_fn=self.occupancy_fn,
+            occ_thre=s.grid_threshold,
+            ema_decay=s.grid_ema_decay,
+            warmup_steps=warmup,
+            n=1 if force_full else s.grid_update_every,
+        )
+
+    def _apply_schedules(self) -> None:
+        t = self.cfg.train
+        if self.freeze_field:
+            self.model.sdf_net.set_active_levels(self.cfg.model.n_levels)
+        else:
+            self.model.sdf_net.set_active_levels(
+                active_levels(
+                    self.step,
+                    self.cfg.model.n_levels,
+                    t.progressive_start_levels,
+                    t.progressive_start_step,
+                    t.progressive_every,
+                )
+            )
+        factor = lr_factor(self.step, self.total_steps, t.lr_decay_start, t.lr_final_factor)
+        for group in self.optimizer.param_groups:
+            group["lr"] = t.lr * factor
+
+    def train_step(self) -> StepStats:
+        if self.bank is None:
+            raise RuntimeError("set trainer.bank before training")
+        t, s = self.cfg.train, self.cfg.sampling
+        self._apply_schedules()
+        self.model.train()
+        if not self.freeze_field:
+            self.update_grid(self.step)
+        rays_o, rays_d, rgba = self.bank.sample(self.n_rays, self.generator)
+        if self.ray_transform is not None:
+            rays_o, rays_d = self.ray_transform(rays_o, rays_d)
+        n = rays_o.shape[0]
+        if t.random_background:
+            bg = torch.rand(n, 3, device=self.device, generator=self.generator)
+        else:
+            bg = torch.ones(n, 3, device=self.device)
+        mask = rgba[:, 3:4]
+        target = rgba[:, :3] * mask + (1.0 - mask) * bg
+        cos_ratio = min(1.0, self.step / t.cos_anneal_steps) if t.cos_anneal_steps > 0 else 1.0
+        out = render_rays(
+            self.model,
+            self.grid,
+            rays_o,
+            rays_d,
+            step_size=s.step_size,
+            bg_color=bg,
+            early_stop_eps=s.early_stop_eps,
+            train=True,
+            cos_anneal_ratio=cos_ratio,
+        )
+        rgb_loss = huber_loss(out.rgb, target, t.huber_delta)
+        loss = rgb_loss
+        if not self.freeze_field:
+            loss = loss + t.eikonal_weight * eikonal_loss(out.sdf_grad)
+            if t.mask_weight > 0:
+                loss = loss + t.mask_weight * mask_bce(out.opacity, mask[:, 0])
+        if not torch.isfinite(loss):
+            raise DivergenceError(f"non-finite loss at step {self.step}")
+        if loss.requires_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.transform_optimizer is not None:
+                self.transform_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if not self.freeze_field:
+                self.optimizer.step()
+                self.ema.update()
+            if self.transform_optimizer is not None:
+                self.transform_optimizer.step()
+        mse = float(((out.rgb.detach() - target) ** 2).mean())
+        if out.n_samples > 0:
+            self.n_rays = int(min(s.max_rays, max(64, self.n_rays * s.target_samples / out.n_samples)))
+        else:
+            self.n_rays = min(s.max_rays, self.n_rays * 2)
+        self.step += 1
+        return StepStats(float(loss.detach()), psnr_from_mse(mse), n, out.n_samples)
+
+    # ----------------------------------------------------------------- loops
+    def run(
+        self,
+        until_step: int,
+        *,
+        description: str = "training",
+        progress: bool = True,
+        on_checkpoint=None,
+    ) -> dict:
+        """Train until ``self.step == until_step``; returns timing figures.
+
+        ``on_checkpoint(trainer)`` is called every ``checkpoint_every`` steps and on Ctrl-C
+        (then ``TrainingInterrupted`` is raised with its return value).
+        """
+        t = self.cfg.train
+        start_step = self.step
+        samples = 0
+        t0 = time.perf_counter()
+        window_t, window_samples = t0, 0
+        loss_ema, psnr_ema = math.nan, math.nan
+        rate = 0.0
+        with TrainProgress(until_step, description, enabled=progress) as bar:
+            bar.advance_to(self.step)
+            try:
+                while self.step < until_step:
+                    stats = self.train_step()
+                    samples += stats.n_samples
+                    window_samples += stats.n_samples
+                    loss_ema = stats.loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * stats.loss
+                    psnr_ema = stats.psnr if math.isnan(psnr_ema) else 0.9 * psnr_ema + 0.1 * stats.psnr
+                    if self.step % t.log_every == 0 or self.step == until_step:
+                        if self.device.type == "cuda":
+                            torch.cuda.synchronize(self.device)
+                        now = time.perf_counter()
+                        rate = window_samples / max(now - window_t, 1e-9)
+                        window_t, window_samples = now, 0
+                        bar.update(self.step, loss=loss_ema, psnr=psnr_ema, samples_per_s=rate)
+                        self.check_health()
+                    if on_checkpoint is not None and t.checkpoint_every > 0 and self.step % t.checkpoint_every == 0:
+                        on_checkpoint(self)
+            except KeyboardInterrupt:
+                path = on_checkpoint(self) if on_checkpoint is not None else None
+                raise TrainingInterrupted(path) from None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        steps = self.step - start_step
+        return {
+            "steps": steps,
+            "seconds": seconds,
+            "steps_per_second": steps / max(seconds, 1e-9),
+            "samples_per_second": samples / max(seconds, 1e-9),
+            "final_loss": loss_ema,
+            "final_train_psnr": psnr_ema,
+        }
+
+    def check_health(self) -> None:
+        """Raise ``DivergenceError`` on NaN parameters or an empty occupancy grid."""
+        for name, p in self.model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise DivergenceError(f"parameter {name} became non-finite at step {self.step}")
+        if self.step > self.cfg.sampling.grid_warmup_steps and not bool(self.grid.binaries.any()):
+            raise DivergenceError(f"the occupancy grid is empty at step {self.step}")
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "n_rays": self.n_rays,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "grid": self.grid.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict, *, optimizer: bool = True) -> None:
+        self.model.load_state_dict(state["model"])
+        self.grid.load_state_dict(state["grid"])
+        self.step = int(state["step"])
+        self.n_rays = int(state.get("n_rays", self.n_rays))
+        if optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.ema.load_state_dict(state["ema"])
+            if "generator" in state:
+                self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
