@@ -1,3 +1,89 @@
-"""Placeholder module; commands are registered on ``neus2cli.cli.app``."""
+"""Data commands: ``neus2 inspect`` and ``neus2 convert-neus`` (parse, call the library, print)."""
 
-from neus2cli.cli import app  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from neus2cli.cli import app
+from neus2cli.errors import UserError
+
+
+def _parse_indices(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise UserError(
+            f"--test-views must be comma-separated view indices such as 8,13,16, got {text!r}."
+        ) from None
+    if any(v < 0 for v in values):
+        raise UserError(f"--test-views indices must be >= 0, got {text!r}.")
+    return values
+
+
+@app.command("inspect")
+def inspect_cmd(
+    scene: Path = typer.Argument(
+        ..., help="Scene folder or JSON file (NeuS/IDR, Blender/NGP, NeuS2), or a dynamic-sequence folder."
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also draw the cameras and the unit cube (normalized frame) to this PNG."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    check: bool = typer.Option(
+        False, "--check", help="Decode every image and check sizes and masks (slower; static scenes)."
+    ),
+    max_views: int = typer.Option(
+        24, "--max-views", min=0, help="Views sampled for mask coverage and the content bounds (0: none)."
+    ),
+) -> None:
+    """Summarize a scene: views, resolutions, cameras, normalization, content bounds, warnings."""
+    from neus2cli.data.inspect import describe_dynamic_scene, describe_scene, plot_cameras, render_description
+    from neus2cli.data.loader import is_dynamic_dir, load_dynamic_scene, load_scene
+    from neus2cli.data.validate import validate_scene
+
+    progress = not as_json
+    if is_dynamic_dir(scene):
+        dynamic = load_dynamic_scene(scene)
+        desc = describe_dynamic_scene(dynamic, max_views=max_views, progress=progress)
+        first = dynamic.frames[0]
+    else:
+        first = load_scene(scene)
+        if check:
+            first.warnings = validate_scene(first, progress=progress)
+        desc = describe_scene(first, max_views=max_views, progress=progress)
+    if plot is not None:
+        desc["plot"] = str(plot_cameras(first, plot))
+    if as_json:
+        typer.echo(json.dumps(desc, indent=2))
+    else:
+        console = Console()
+        console.print(render_description(desc))
+        if plot is not None:
+            console.print(f"camera plot written to {desc['plot']}")
+
+
+@app.command("convert-neus")
+def convert_neus_cmd(
+    src: Path = typer.Argument(..., help="NeuS/IDR folder: cameras_sphere.npz, image/, mask/."),
+    dst: Path = typer.Argument(..., help="Output folder for the NeuS2 JSON scene (must be new or empty)."),
+    test_views: str = typer.Option(
+        "8,13,16,21,26,31,34,56", "--test-views", help="Comma-separated view indices for transform_test.json."
+    ),
+    no_split: bool = typer.Option(
+        False, "--no-split", help="Put every view in transform_train.json and write no test file."
+    ),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty DST, replacing our files."),
+) -> None:
+    """Convert a NeuS/IDR folder to NeuS2 format (RGBA images with the mask in alpha, OpenCV poses)."""
+    from neus2cli.data.convert import convert_neus
+
+    paths = convert_neus(src, dst, test_views=_parse_indices(test_views), split=not no_split, overwrite=force)
+    jsons = [p for p in paths if p.suffix == ".json"]
+    Console().print(
+        f"wrote {len(paths) - len(jsons)} images and {', '.join(p.name for p in jsons)} to {dst}",
+        highlight=False,
+    )
