@@ -13,7 +13,7 @@ import torch
 
 from neus2cli.model.fields import NeuSModel
 from neus2cli.render.neus import neus_alpha, neus_alpha_from_sdf_pair
-from neus2cli.render.volrend import accumulate_along_rays, render_weights_from_alpha
+from neus2cli.render.volrend import accumulate_along_rays, render_weight_from_alpha
 
 RayTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -98,7 +98,7 @@ def render_rays(
     alpha = neus_alpha(sdf, grad, dirs, t_ends - t_starts, inv_s, cos_anneal_ratio)
     rgb = model.color(outputs, dirs, x, grad)
 
-    weights, _ = render_weights_from_alpha(alpha, ray_indices=ray_indices, n_rays=n_rays)
+    weights, _ = render_weight_from_alpha(alpha, ray_indices=ray_indices, n_rays=n_rays)
     color = accumulate_along_rays(weights, rgb, ray_indices=ray_indices, n_rays=n_rays)
     opacity = accumulate_along_rays(weights, None, ray_indices=ray_indices, n_rays=n_rays).squeeze(-1)
     depth = accumulate_along_rays(weights, t_mid[:, None], ray_indices=ray_indices, n_rays=n_rays).squeeze(-1)
