@@ -135,7 +135,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
     else:
-        backends.print_doctor_report(report)
+        backends.render_doctor_report(report)
 
 
 class DynamicMode(str, Enum):
