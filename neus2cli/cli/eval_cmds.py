@@ -1,3 +1,264 @@
-"""Placeholder module; commands are registered on ``neus2cli.cli.app``."""
+"""``neus2 evaluate``: geometry metrics of a mesh, or image metrics of a training run.
 
-from neus2cli.cli import app  # noqa: F401
+The command only parses and validates; the work is in ``neus2cli.eval``
+(imported inside the command so that ``neus2 --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from neus2cli.cli import app, err_console
+from neus2cli.errors import UserError
+
+GEOMETRY_HELP = (
+    "Score a reconstruction.\n\n"
+    "TARGET is a predicted mesh or point cloud, scored against --gt (or DTU's official files with "
+    "--dtu-official DIR --scan N), or a training run folder (one holding checkpoint.*), whose held-out "
+    "views are rendered and scored with PSNR and SSIM.\n\n"
+    "Geometry: accuracy = mean distance pred -> GT, completeness = GT -> pred, Chamfer-L1 = their mean, "
+    "F-score at each --threshold, normal consistency. Meshes are sampled uniformly by area; distances "
+    "are in the GT's units."
+)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator:
+    """A transient progress bar on stderr (stdout stays clean for --json); yields the callback."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("evaluating", total=1.0)
+
+        def update(stage: str, fraction: float) -> None:
+            progress.update(task, description=stage, completed=fraction)
+
+        yield update
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise UserError(f"{name} must be a positive number, got {value}.")
+
+
+@app.command("evaluate", help=GEOMETRY_HELP)
+def evaluate(
+    target: Path = typer.Argument(..., help="Predicted mesh / point cloud, or a training run folder."),
+    gt: Path | None = typer.Option(
+        None, "--gt", help="Ground-truth mesh (sampled by area) or point cloud (PLY/XYZ/NPY, used as is)."
+    ),
+    threshold: list[float] | None = typer.Option(
+        None,
+        "--threshold",
+        "-t",
+        help="F-score threshold in GT units; repeat for several. Default: 1% of the GT bounding-box "
+        "diagonal (1 mm with --dtu-official).",
+    ),
+    n_points: int | None = typer.Option(
+        None, "--n-points", help="Points sampled on each mesh (default 200000, unless --density)."
+    ),
+    density: float | None = typer.Option(
+        None, "--density", help="Points per unit area on each mesh instead."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (pred: seed, GT: seed + 1)."),
+    clip: float | None = typer.Option(
+        None,
+        "--clip",
+        help="Clip distances above this before averaging accuracy and completeness (also stops the "
+        "nearest-neighbour search there: much faster when the prediction has far-off floaters).",
+    ),
+    crop: tuple[float, float, float, float, float, float] | None = typer.Option(
+        None,
+        "--crop",
+        metavar="XMIN YMIN ZMIN XMAX YMAX ZMAX",
+        help="Only score points inside this box (GT units, after --scale-mat).",
+    ),
+    scale_mat: Path | None = typer.Option(
+        None,
+        "--scale-mat",
+        help="cameras_sphere.npz: map the prediction from NeuS's unit-sphere frame to world units "
+        "with scale_mat_0 (x_world = S[:3,:3] @ x + S[:3,3]).",
+    ),
+    scale_mat_index: int = typer.Option(
+        0, "--scale-mat-index", help="Use scale_mat_<i> instead of scale_mat_0."
+    ),
+    downsample: float | None = typer.Option(
+        None,
+        "--downsample",
+        help="Thin both samples to this point spacing (GT units), e.g. 0.2 for DTU millimetres. "
+        "With --dtu-official: default 0.2, 0 disables.",
+    ),
+    downsample_method: str | None = typer.Option(
+        None, "--downsample-method", help="'voxel' (default, fast) or 'radius' (greedy, as DTU's script)."
+    ),
+    dtu_official: Path | None = typer.Option(
+        None,
+        "--dtu-official",
+        help="Folder with DTU's ObsMask/ObsMask{N}_10.mat, ObsMask/Plane{N}.mat and "
+        "Points/stl/stl{NNN}_total.ply: use the official protocol (needs --scan).",
+    ),
+    scan: int | None = typer.Option(None, "--scan", help="DTU scan number for --dtu-official."),
+    max_dist: float = typer.Option(
+        20.0,
+        "--max-dist",
+        help="--dtu-official: distances of this many mm or more are left out of the means.",
+    ),
+    units: str | None = typer.Option(
+        None, "--units", help="Name of the GT's units for the report (default 'GT units'; 'mm' for DTU)."
+    ),
+    no_check_units: bool = typer.Option(
+        False,
+        "--no-check-units",
+        help="Compare even if the bounding boxes differ >10x in size or do not overlap.",
+    ),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print one JSON object on stdout instead of a table."
+    ),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Write the prediction as a PLY coloured by distance to the GT (red: >= largest threshold).",
+    ),
+) -> None:
+    if target.is_dir():
+        if gt is not None or dtu_official is not None:
+            raise UserError(
+                "is a folder (a training run), which is scored with image metrics; --gt and --dtu-official "
+                "apply to a mesh file.",
+                path=target,
+            )
+        _evaluate_run(target, json_out)
+        return
+
+    from neus2cli.eval.geometry import GeometryOptions
+
+    _positive("--density", density)
+    _positive("--clip", clip)
+    _positive("--max-dist", max_dist)
+    if n_points is not None and n_points < 1:
+        raise UserError(f"--n-points must be at least 1, got {n_points}.")
+    if n_points is not None and density is not None:
+        raise UserError("give --n-points or --density, not both.")
+    if threshold:
+        for t in threshold:
+            _positive("--threshold", t)
+    if downsample is not None and downsample < 0:
+        raise UserError(f"--downsample must be >= 0, got {downsample}.")
+    if downsample_method not in (None, "voxel", "radius"):
+        raise UserError(f"--downsample-method must be 'voxel' or 'radius', got {downsample_method!r}.")
+    if crop is not None and not all(crop[i] < crop[i + 3] for i in range(3)):
+        raise UserError(
+            f"--crop must be XMIN YMIN ZMIN XMAX YMAX ZMAX with each min < max, got {list(crop)}."
+        )
+    if plot is not None and plot.suffix.lower() != ".ply":
+        raise UserError("--plot must name a .ply file (it stores per-vertex colours).", path=plot)
+
+    options = GeometryOptions(
+        thresholds=threshold or None,
+        n_points=n_points,
+        density=density,
+        seed=seed,
+        clip=clip,
+        crop=None if crop is None else [crop[:3], crop[3:]],
+        scale_mat=scale_mat,
+        scale_mat_index=scale_mat_index,
+        downsample=downsample,
+        downsample_method=downsample_method,
+        check_units=not no_check_units,
+        units=units or ("mm" if dtu_official is not None else "GT units"),
+        plot=plot,
+    )
+
+    if dtu_official is not None:
+        if scan is None:
+            raise UserError("--dtu-official needs --scan N (the DTU scan number).")
+        if gt is not None or crop is not None or clip is not None:
+            raise UserError(
+                "--gt, --crop and --clip do not apply with --dtu-official: the protocol uses the STL points, "
+                "the observation mask and --max-dist."
+            )
+        from neus2cli.eval.dtu import evaluate_dtu_official
+
+        with _progress(True) as cb:
+            metrics = evaluate_dtu_official(
+                target, dtu_official, scan, options, max_dist=max_dist, on_progress=cb
+            )
+    else:
+        if gt is None:
+            raise UserError(
+                "needs a ground truth: pass --gt GT_MESH_OR_POINTS, or --dtu-official DIR --scan N.",
+                path=target,
+            )
+        from neus2cli.eval.geometry import evaluate_geometry
+
+        with _progress(True) as cb:
+            metrics = evaluate_geometry(target, gt, options, on_progress=cb)
+
+    from neus2cli.eval.report import geometry_table, to_json
+
+    if json_out:
+        sys.stdout.write(to_json(metrics.to_dict()) + "\n")
+    else:
+        from rich.console import Console
+
+        Console().print(geometry_table(metrics))
+        if plot is not None:
+            err_console.print(f"error plot written to {plot}", highlight=False)
+
+
+def _evaluate_run(run_dir: Path, json_out: bool) -> None:
+    """Render the run's held-out views and print their image metrics."""
+    if not any(run_dir.glob("checkpoint.*")):
+        raise UserError(
+            "is a folder without a checkpoint.* file.",
+            path=run_dir,
+            hint="Pass a mesh file (with --gt) or the output folder of `neus2 train`.",
+        )
+    hint = "Evaluate the exported mesh with --gt instead."
+    try:
+        from neus2cli.train import render_test_views
+    except ImportError as err:
+        raise UserError(
+            "image evaluation needs a trained run from this version of neus2cli, and this installation "
+            f"cannot render held-out views ({err}).",
+            path=run_dir,
+            hint=hint,
+        ) from err
+    from neus2cli.eval.images import evaluate_images
+    from neus2cli.eval.report import images_table, to_json
+
+    try:
+        views = render_test_views(run_dir)
+    except ImportError as err:  # the renderer imports the model lazily
+        raise UserError(
+            f"image evaluation needs a trained run from this version of neus2cli ({err}).",
+            path=run_dir,
+            hint=hint,
+        ) from err
+    result = evaluate_images(
+        [v["pred"] for v in views],
+        [v["gt"] for v in views],
+        [v.get("mask") for v in views] if all(v.get("mask") is not None for v in views) else None,
+        [v["name"] for v in views],
+    )
+    if json_out:
+        sys.stdout.write(to_json(result) + "\n")
+    else:
+        from rich.console import Console
+
+        Console().print(images_table(result))

@@ -69,12 +69,21 @@ def render_rays(
     inv_s = model.inv_s
 
     def alpha_fn(t_starts: torch.Tensor, t_ends: torch.Tensor, ray_indices: torch.Tensor) -> torch.Tensor:
-        # Exact section-end SDFs: no gradient needed, so the pre-pass stays cheap.
+        # Exact section-end SDFs: no gradient needed, so the pre-pass stays cheap. Where a section
+        # ends where the next one starts (the usual case inside occupied cells), that SDF value is
+        # shared, so each marched point is evaluated once.
         o, d = rays_o[ray_indices], rays_d[ray_indices]
-        ends = torch.cat([o + d * t_starts[:, None], o + d * t_ends[:, None]], dim=0)
-        sdf = model.sdf(ends)
         n = t_starts.shape[0]
-        return neus_alpha_from_sdf_pair(sdf[:n], sdf[n:], inv_s)
+        shared = torch.zeros(n, dtype=torch.bool, device=t_starts.device)
+        shared[:-1] = (ray_indices[1:] == ray_indices[:-1]) & ((t_starts[1:] - t_ends[:-1]).abs() <= 1e-7)
+        own_end = ~shared
+        points = torch.cat([o + d * t_starts[:, None], (o + d * t_ends[:, None])[own_end]], dim=0)
+        sdf = model.sdf(points)
+        start_sdf = sdf[:n]
+        end_sdf = torch.empty_like(start_sdf)
+        end_sdf[shared] = start_sdf[1:][shared[:-1]]
+        end_sdf[own_end] = sdf[n:]
+        return neus_alpha_from_sdf_pair(start_sdf, end_sdf, inv_s)
 
     with torch.no_grad():
         ray_indices, t_starts, t_ends = estimator.sampling(
