@@ -30,9 +30,7 @@ def _timed(label: str, fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument(
-        "--downsample", type=float, default=0.004, help="spacing for the downsampling timings"
-    )
+    parser.add_argument("--downsample", type=float, default=0.004, help="spacing for the downsampling timings")
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}, points per side: {args.points:,}")
 
@@ -41,18 +39,12 @@ def main() -> None:
         return Geometry(points=np.asarray(m.vertices), faces=np.asarray(m.faces))
 
     pred_mesh, gt_mesh = sphere(1.0), sphere(1.01)
-    pred = _timed(
-        "sample pred (area-uniform)", lambda: sample_surface(pred_mesh, n_points=args.points, seed=0)
-    )
+    pred = _timed("sample pred (area-uniform)", lambda: sample_surface(pred_mesh, n_points=args.points, seed=0))
     gt = _timed("sample GT (area-uniform)", lambda: sample_surface(gt_mesh, n_points=args.points, seed=1))
     metrics = _timed("metrics (2 KD-trees, 2 queries)", lambda: compare_samples(pred, gt, [0.005, 0.02]))
     print(f"  accuracy {metrics.accuracy:.5f}, completeness {metrics.completeness:.5f} (expected ~0.01)")
-    v = _timed(
-        f"voxel downsample at {args.downsample}", lambda: downsample(pred, args.downsample, method="voxel")
-    )
-    r = _timed(
-        f"radius downsample at {args.downsample}", lambda: downsample(pred, args.downsample, method="radius")
-    )
+    v = _timed(f"voxel downsample at {args.downsample}", lambda: downsample(pred, args.downsample, method="voxel"))
+    r = _timed(f"radius downsample at {args.downsample}", lambda: downsample(pred, args.downsample, method="radius"))
     print(f"  kept: voxel {len(v):,}, radius {len(r):,} of {len(pred):,}")
 
 

@@ -100,8 +100,7 @@ def directions_from_angles(elevation_rad: np.ndarray, azimuth_rad: np.ndarray, u
     a, b = _basis(up)
     ce = np.cos(elevation_rad)[:, None]
     return (
-        ce * (np.cos(azimuth_rad)[:, None] * a + np.sin(azimuth_rad)[:, None] * b)
-        + np.sin(elevation_rad)[:, None] * up
+        ce * (np.cos(azimuth_rad)[:, None] * a + np.sin(azimuth_rad)[:, None] * b) + np.sin(elevation_rad)[:, None] * up
     )
 
 
@@ -121,8 +120,7 @@ def fibonacci_directions(
         raise ValueError(f"n must be >= 1, got {n}")
     if not -90.0 <= min_elevation_deg < max_elevation_deg <= 90.0:
         raise ValueError(
-            f"need -90 <= min_elevation_deg < max_elevation_deg <= 90, "
-            f"got {min_elevation_deg}, {max_elevation_deg}"
+            f"need -90 <= min_elevation_deg < max_elevation_deg <= 90, got {min_elevation_deg}, {max_elevation_deg}"
         )
     lo, hi = math.sin(math.radians(min_elevation_deg)), math.sin(math.radians(max_elevation_deg))
     i = np.arange(n, dtype=np.float64)

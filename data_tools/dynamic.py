@@ -110,9 +110,7 @@ class Deformation:
 
     @classmethod
     def from_dict(cls, d: dict) -> Deformation:
-        return cls(
-            d["type"], d["angle_deg"], np.asarray(d["axis"]), np.asarray(d["direction"]), d["half_length"]
-        )
+        return cls(d["type"], d["angle_deg"], np.asarray(d["axis"]), np.asarray(d["direction"]), d["half_length"])
 
     def apply(self, points: np.ndarray) -> np.ndarray:
         """(n, 3) canonical points -> (n, 3) deformed points (same frame, world units)."""
@@ -393,7 +391,5 @@ def generate_dynamic_sequence(
             "source_license_files": [f"source/{n}" for n in licenses],
         }
         write_bytes(tmp / "gt" / "scene_info.json", dump_json(info))
-        write_bytes(
-            tmp / "gt" / "README.md", readme_text("Synthetic dynamic sequence", prepared, command, licenses)
-        )
+        write_bytes(tmp / "gt" / "README.md", readme_text("Synthetic dynamic sequence", prepared, command, licenses))
     return Path(out_dir)

@@ -202,9 +202,7 @@ def make_cameras(
             jitter_deg,
             seed,
         )
-    return ring_cameras(
-        n, d, width, height, fov, ring_elevation_deg, center, up, azimuth_offset_deg, jitter_deg, seed
-    )
+    return ring_cameras(n, d, width, height, fov, ring_elevation_deg, center, up, azimuth_offset_deg, jitter_deg, seed)
 
 
 def heldout_azimuth_offset(layout: str, n_train: int, train_offset_deg: float) -> float:
@@ -407,8 +405,7 @@ def readme_text(
     if note:
         lines += [note.strip(), ""]
     lines += [
-        f"Rendered with neus2cli's `data_tools` generator from `{prepared.source}` "
-        f"(colouring: {prepared.coloring}).",
+        f"Rendered with neus2cli's `data_tools` generator from `{prepared.source}` (colouring: {prepared.coloring}).",
     ]
     if licenses:
         lines.append(
@@ -522,9 +519,7 @@ def generate_static_scene(
                     paths.append(f"{split}/{i:04d}" + (".png" if convention == "neus2" else ""))
                     advance()
                 if convention == "neus2":
-                    doc = neus2_json(
-                        [neus2_frame(p, c) for p, c in zip(paths, cams, strict=True)], width, height, norm
-                    )
+                    doc = neus2_json([neus2_frame(p, c) for p, c in zip(paths, cams, strict=True)], width, height, norm)
                 else:
                     doc = blender_json(paths, cams, width, height, norm)
                 write_bytes(tmp / json_name.format(split), dump_json(doc))
@@ -580,7 +575,5 @@ def generate_static_scene(
             "source_license_files": [f"source/{n}" for n in licenses],
         }
         write_bytes(tmp / "scene_info.json", dump_json(info))
-        write_bytes(
-            tmp / "README.md", readme_text("Synthetic static scene", prepared, command, licenses, note)
-        )
+        write_bytes(tmp / "README.md", readme_text("Synthetic static scene", prepared, command, licenses, note))
     return Path(out_dir)

@@ -73,9 +73,7 @@ def first_hits_pinhole(
             uv = np.stack([a, b, c]) @ K.T
             uv = uv[:, :2] / uv[:, 2:]
             lo = np.maximum(np.floor(uv.min(axis=0) * s - 0.5).astype(np.int64), 0)
-            hi = np.minimum(
-                np.ceil(uv.max(axis=0) * s - 0.5).astype(np.int64), [width * s - 1, height * s - 1]
-            )
+            hi = np.minimum(np.ceil(uv.max(axis=0) * s - 0.5).astype(np.int64), [width * s - 1, height * s - 1])
             if (hi < lo).any():
                 continue
             rows, cols = slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1)
@@ -324,9 +322,7 @@ class MeshRenderer:
             return np.einsum("nk,nkc->nc", bary, self._vertex_albedo[corners])
         return self._face_albedo[tri]
 
-    def render(
-        self, K: np.ndarray, c2w: np.ndarray, width: int, height: int, supersample: int = 1
-    ) -> RenderOutput:
+    def render(self, K: np.ndarray, c2w: np.ndarray, width: int, height: int, supersample: int = 1) -> RenderOutput:
         """Render one view.
 
         Args:

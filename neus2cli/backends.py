@@ -60,8 +60,7 @@ NERFACC_INSTALL_HINT = (
     "it compiles its CUDA code with nvcc on first use (about 90 s, cached under TORCH_EXTENSIONS_DIR)."
 )
 CUDA_HINT = (
-    "Use a machine with an NVIDIA GPU and a CUDA build of PyTorch "
-    "(see https://pytorch.org/get-started/locally/)."
+    "Use a machine with an NVIDIA GPU and a CUDA build of PyTorch (see https://pytorch.org/get-started/locally/)."
 )
 TORCH_FALLBACK_HINT = "Or choose the pure-PyTorch backend with --backend torch (slower)."
 
@@ -445,9 +444,7 @@ def _save_cached(path: Path, key: dict[str, Any], result: ProbeResult) -> None:
 _warned: set[str] = set()
 
 
-def resolve_backend(
-    requested: RequestedBackend = "auto", device: torch.device | str | None = None
-) -> Backend:
+def resolve_backend(requested: RequestedBackend = "auto", device: torch.device | str | None = None) -> Backend:
     """Turn the config's backend choice into the backend to use.
 
     Args:
@@ -517,9 +514,7 @@ def _import_checked(module: str) -> ModuleType:
         raise DependencyError(f"{module} needs a CUDA GPU: {_no_cuda_reason()}.", hint=f"{CUDA_HINT} {hint}")
     ok, error = _verdict(probe, module)
     if not ok:
-        raise DependencyError(
-            f"{module} is unavailable: {_first_line(error)}.", hint=f"{hint} {TORCH_FALLBACK_HINT}"
-        )
+        raise DependencyError(f"{module} is unavailable: {_first_line(error)}.", hint=f"{hint} {TORCH_FALLBACK_HINT}")
     try:
         return importlib.import_module(module)
     except Exception as exc:  # the probe passed, so this is an environment change since
@@ -546,8 +541,7 @@ def _one_line_fix(probe: ProbeResult) -> str:
     fixes = []
     if not probe.tcnn_ok:
         fixes.append(
-            "pip install --no-build-isolation "
-            "git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"
+            "pip install --no-build-isolation git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"
         )
     if not probe.nerfacc_ok:
         fixes.append("pip install nerfacc ninja (needs nvcc)")

@@ -331,9 +331,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict[str, str] | str]:
     return nested
 
 
-def resolve_config(
-    preset: str = "base", overrides: list[str] | None = None, **typed: Any
-) -> Config:
+def resolve_config(preset: str = "base", overrides: list[str] | None = None, **typed: Any) -> Config:
     """Build the run config: preset (name or file) < ``--set`` pairs < typed options (non-None)."""
     cfg = load_config_layers(preset)
     if overrides:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# ../shared/data beside the checkout; NEUS2_SHARED_DATA points elsewhere (e.g. a copy carried to a GPU machine).
+SHARED_DATA = Path(os.environ.get("NEUS2_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 # The call's parentheses matter: a bare function object is always truthy.
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -21,9 +21,7 @@ from neus2cli import backends
 from neus2cli.errors import DependencyError, UserError
 from tests.conftest import requires_cuda
 
-TCNN_PIP = (
-    "pip install --no-build-isolation git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"
-)
+TCNN_PIP = "pip install --no-build-isolation git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"
 OK_LINE = backends._MARKER + json.dumps({"ok": True})
 
 

@@ -41,7 +41,14 @@ def test_bare_keys_resolve_to_their_unique_section():
 
 @pytest.mark.parametrize(
     "pairs",
-    [["train.stepz=5"], ["trian.steps=5"], ["nonsense=1"], ["train.steps=abc"], ["train.steps=1.5"], ["noequals"]],
+    [
+        ["train.stepz=5"],
+        ["trian.steps=5"],
+        ["nonsense=1"],
+        ["train.steps=abc"],
+        ["train.steps=1.5"],
+        ["noequals"],
+    ],
 )
 def test_unknown_or_bad_keys_are_errors(pairs):
     with pytest.raises(UserError):

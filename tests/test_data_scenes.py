@@ -36,9 +36,7 @@ def ring_cameras(n: int = 8, radius: float = 4.0) -> list[np.ndarray]:
     return poses
 
 
-def sphere_mask(
-    K: np.ndarray, c2w: np.ndarray, width: int, height: int, radius: float = SPHERE_R
-) -> np.ndarray:
+def sphere_mask(K: np.ndarray, c2w: np.ndarray, width: int, height: int, radius: float = SPHERE_R) -> np.ndarray:
     """(H, W) bool: pixel centres whose ray hits the sphere of ``radius`` at the origin."""
     uv = pixel_centers(height, width, dtype=torch.float64)
     o, d = camera_rays(uv, torch.as_tensor(K), torch.as_tensor(c2w))
@@ -180,9 +178,7 @@ def write_neus_folder(
         rgb = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
         iio.imwrite(root / "image" / f"{i:06d}.png", rgb)
         if n_masks is None or i < n_masks:
-            iio.imwrite(
-                root / "mask" / f"{i:03d}.png", np.repeat(mask[..., None] * 255, 3, -1).astype(np.uint8)
-            )
+            iio.imwrite(root / "mask" / f"{i:03d}.png", np.repeat(mask[..., None] * 255, 3, -1).astype(np.uint8))
     np.savez(root / "cameras_sphere.npz", **data)
     return root, world_mats, smats
 

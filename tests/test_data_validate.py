@@ -60,9 +60,7 @@ def test_image_size_disagreeing_with_json(tmp_path):
 
 def test_principal_point_outside_image(tmp_path):
     root = write_neus2_scene(tmp_path / "s")
-    _edit_json(
-        root / "transform_train.json", lambda m: m["frames"][2]["intrinsic_matrix"][0].__setitem__(2, 100.0)
-    )
+    _edit_json(root / "transform_train.json", lambda m: m["frames"][2]["intrinsic_matrix"][0].__setitem__(2, 100.0))
     with pytest.raises(UserError, match=r"images/002.*principal point .*outside"):
         load_scene(root)
 

@@ -22,9 +22,7 @@ NEUS2 = HashGridConfig()  # 14 levels x 2 features, 2^19 entries, 16 -> 2048
 
 # A tiny grid for float64 gradient checks: level 0 has scale 3, resolution 4, 4^3 = 64
 # entries (dense, exactly fills the 2^6 table); levels 1 and 2 (resolutions 8, 16) are hashed.
-TINY = HashGridConfig(
-    n_levels=3, n_features_per_level=2, log2_hashmap_size=6, base_resolution=4, per_level_scale=2.0
-)
+TINY = HashGridConfig(n_levels=3, n_features_per_level=2, log2_hashmap_size=6, base_resolution=4, per_level_scale=2.0)
 
 
 def _random_params(grid: torch.nn.Module, seed: int = 0, scale: float = 1.0) -> None:
@@ -35,9 +33,7 @@ def _random_params(grid: torch.nn.Module, seed: int = 0, scale: float = 1.0) -> 
         grid.params.copy_(values.to(grid.params))
 
 
-def _points_off_faces(
-    cfg: HashGridConfig, n: int, margin: float, seed: int, dtype=torch.float64
-) -> torch.Tensor:
+def _points_off_faces(cfg: HashGridConfig, n: int, margin: float, seed: int, dtype=torch.float64) -> torch.Tensor:
     """Seeded points in [0, 1]^3 whose vertex-space position is >= margin from every cell face."""
     gen = torch.Generator().manual_seed(seed)
     scales = torch.tensor(grid_layout(cfg).scales, dtype=torch.float64)

@@ -146,12 +146,8 @@ def test_distance_clip():
     n = 40_000
     # Two unit squares of equal area, one at height d1 and one at d2 above their GT copies, with
     # exactly n samples each, so each holds half of the points.
-    pred = _concat(
-        sample_surface(square(d1), n_points=n, seed=0), sample_surface(square(d2, x0=2), n_points=n, seed=1)
-    )
-    gt = _concat(
-        sample_surface(square(0), n_points=n, seed=2), sample_surface(square(0, x0=2), n_points=n, seed=3)
-    )
+    pred = _concat(sample_surface(square(d1), n_points=n, seed=0), sample_surface(square(d2, x0=2), n_points=n, seed=1))
+    gt = _concat(sample_surface(square(0), n_points=n, seed=2), sample_surface(square(0, x0=2), n_points=n, seed=3))
     to_gt, to_pred = nearest(pred.points, gt.points)[0], nearest(gt.points, pred.points)[0]
     plain = metrics_from_distances(to_gt, to_pred, [0.04])
     clipped = metrics_from_distances(to_gt, to_pred, [0.04], clip=clip)
@@ -170,9 +166,7 @@ def test_distance_clip():
     assert bounded.completeness == pytest.approx(clipped.completeness, rel=1e-12)
     assert bounded.precision == clipped.precision and bounded.recall == clipped.recall
     # A clip below every distance makes the mean exactly the clip.
-    assert metrics_from_distances(to_gt, to_pred, [0.04], clip=0.01).accuracy == pytest.approx(
-        0.01, rel=1e-12
-    )
+    assert metrics_from_distances(to_gt, to_pred, [0.04], clip=0.01).accuracy == pytest.approx(0.01, rel=1e-12)
     # DTU-style: distances >= drop_above are left out of the mean but still count as misses.
     dropped = metrics_from_distances(to_gt, to_pred, [0.04], drop_above=0.05)
     assert dropped.accuracy == pytest.approx(d1, abs=tol) and dropped.precision == plain.precision

@@ -45,7 +45,10 @@ def test_colour_function_paints_vertices(tmp_path):
         return x.clamp(0, 1)
 
     mesh = extract_mesh(
-        _sphere_sdf([0.5, 0.5, 0.5], 0.25), Normalization(scale=1.0, offset=np.zeros(3)), resolution=32, color_fn=color
+        _sphere_sdf([0.5, 0.5, 0.5], 0.25),
+        Normalization(scale=1.0, offset=np.zeros(3)),
+        resolution=32,
+        color_fn=color,
     )
     colors = mesh.visual.vertex_colors[:, :3].astype(float) / 255
     # The colour function was evaluated at the normalized vertex positions (== world here).

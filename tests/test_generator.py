@@ -44,9 +44,7 @@ def textured_blob() -> trimesh.Trimesh:
     v = m.vertices * np.array([1.0, 0.7, 0.5])
     v[:, 0] += 0.3 * np.exp(-8 * ((v[:, 1] - 0.3) ** 2 + v[:, 2] ** 2)) * (v[:, 0] > 0)
     d = m.vertices
-    uv = np.stack(
-        [np.arctan2(d[:, 2], d[:, 0]) / (2 * np.pi) + 0.5, np.arcsin(d[:, 1]) / np.pi + 0.5], axis=1
-    )
+    uv = np.stack([np.arctan2(d[:, 2], d[:, 0]) / (2 * np.pi) + 0.5, np.arcsin(d[:, 1]) / np.pi + 0.5], axis=1)
     checker = (np.indices((64, 64)).sum(axis=0) // 8 % 2).astype(bool)
     tex = np.where(checker[..., None], [230, 60, 40], [40, 90, 220]).astype(np.uint8)
     return trimesh.Trimesh(
@@ -217,9 +215,7 @@ def test_texture_orientation_on_a_quad():
     uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=float)
     tex = np.zeros((32, 32, 3), np.uint8)
     tex[:16, :16], tex[:16, 16:], tex[16:, :16], tex[16:, 16:] = [255, 0, 0], [0, 255, 0], [0, 0, 255], 255
-    quad = trimesh.Trimesh(
-        verts, faces, visual=trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(tex))
-    )
+    quad = trimesh.Trimesh(verts, faces, visual=trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(tex)))
     K = intrinsics_from_fov(SIZE, SIZE, 60.0)
     c2w = look_at(np.array([0.0, 0.0, 4.0]), np.zeros(3), np.array([0.0, 1.0, 0.0]))
     out = MeshRenderer(quad, ambient=1.0, diffuse=0.0).render(K, c2w, SIZE, SIZE)
@@ -372,9 +368,7 @@ def test_conventions_describe_the_same_cameras(blob_scenes):
             np.testing.assert_allclose(K1, K2, rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(c1, c2, atol=1e-12)
             # Same cameras, same renderer: the very same image bytes.
-            assert (blob_scenes["neus2"] / p1).read_bytes() == (
-                blob_scenes["blender"] / f"{p2}.png"
-            ).read_bytes()
+            assert (blob_scenes["neus2"] / p1).read_bytes() == (blob_scenes["blender"] / f"{p2}.png").read_bytes()
 
 
 def test_static_scene_is_deterministic(blob_scenes):
@@ -429,9 +423,7 @@ def test_deformations_closed_forms():
     tw = deform_points(p, Deformation("twist", angle, a, b, L))
     # Twist: height and distance to the axis kept; the cross-section at h = L turns by `angle`.
     np.testing.assert_allclose(tw[:, 2], p[:, 2], atol=1e-12)
-    np.testing.assert_allclose(
-        np.linalg.norm(tw[:, :2], axis=1), np.linalg.norm(p[:, :2], axis=1), atol=1e-12
-    )
+    np.testing.assert_allclose(np.linalg.norm(tw[:, :2], axis=1), np.linalg.norm(p[:, :2], axis=1), atol=1e-12)
     top = deform_points(np.array([[1.0, 0.0, L]]), Deformation("twist", angle, a, b, L))[0]
     assert math.degrees(math.atan2(top[1], top[0])) == pytest.approx(angle)
     # Bend: the axis becomes an arc of the same length (unit speed), its end tangent turned by
@@ -527,9 +519,7 @@ def test_cli_static_and_errors(tmp_path, capsys):
 
     mesh = tmp_path / "blob.ply"
     trimesh.creation.icosphere(subdivisions=2).export(mesh)
-    ok = _cli(
-        "static", str(mesh), str(tmp_path / "out"), "--views", "2", "--test-views", "1", "--size", "16x16"
-    )
+    ok = _cli("static", str(mesh), str(tmp_path / "out"), "--views", "2", "--test-views", "1", "--size", "16x16")
     assert ok.returncode == 0, ok.stderr
     assert json.loads((tmp_path / "out" / "scene_info.json").read_text())["coloring"] == "procedural"
     # One error through a real process (exit code, no traceback), the others in-process.

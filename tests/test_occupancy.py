@@ -132,9 +132,7 @@ def test_sampling_matches_reference_rule(levels):
     rays_d[-8:] = torch.nn.functional.normalize(torch.rand(8, 3) + 0.1, dim=-1)
     step = 0.0173
     ray_indices, t_starts, t_ends = grid.sampling(rays_o, rays_d, render_step_size=step, near_plane=0.05)
-    ref = _reference_march(
-        rays_o, rays_d, binaries, grid.aabbs, torch.full((96,), 0.05), torch.full((96,), 1e10), step
-    )
+    ref = _reference_march(rays_o, rays_d, binaries, grid.aabbs, torch.full((96,), 0.05), torch.full((96,), 1e10), step)
     assert len(ref) > 1000
     # Same rule, same float32 arithmetic: the same samples, exactly.
     assert _as_set(ray_indices, t_starts) == {(r, t0) for r, t0, _ in ref}
@@ -337,9 +335,7 @@ def test_warmup_update_ema_and_threshold(occ_thre):
     old[[3, 17, 40]] = -1.0  # never-updated cells
     grid.occs.copy_(old)
     new = _cell_values(res, 2)
-    grid.update_every_n_steps(
-        0, _cell_constant_fn(new, res), occ_thre=occ_thre, ema_decay=0.95, warmup_steps=5
-    )
+    grid.update_every_n_steps(0, _cell_constant_fn(new, res), occ_thre=occ_thre, ema_decay=0.95, warmup_steps=5)
     expected = torch.where(old >= 0, torch.maximum(old * 0.95, new), old)
     assert torch.equal(grid.occs, expected)  # same float32 ops, so bitwise
     thre = min(occ_thre, float(expected[expected >= 0].mean()))
@@ -358,9 +354,7 @@ def test_update_after_warmup_samples_a_quarter_plus_occupied():
     uniform = torch.randint(res**3, (res**3 // 4,))  # nerfacc's first draw
     torch.manual_seed(3)
     grid.update_every_n_steps(256, lambda x: torch.zeros(x.shape[0]), warmup_steps=256, n=16)
-    changed = torch.nonzero(grid.occs != torch.where(torch.isin(torch.arange(res**3), occupied), 1.0, 0.5))[
-        :, 0
-    ]
+    changed = torch.nonzero(grid.occs != torch.where(torch.isin(torch.arange(res**3), occupied), 1.0, 0.5))[:, 0]
     # Exactly the uniform draw plus every occupied cell (5 < 128, so no sub-sampling), each decayed.
     assert set(changed.tolist()) == set(uniform.tolist()) | set(occupied.tolist())
     assert torch.equal(grid.occs[occupied], torch.full((5,), 0.95))
@@ -512,9 +506,26 @@ def test_sampling_parity_with_nerfacc_early_stop():
 
     kw = {"render_step_size": math.sqrt(3) / 1024, "alpha_fn": alpha_fn, "early_stop_eps": 1e-4}
     a, b = ours.sampling(rays_o, rays_d, **kw), ref.sampling(rays_o, rays_d, **kw)
-    mine, theirs = _as_set(a[0], a[1]), _as_set(b[0], b[1])
-    # As above, plus transmittance rounding at the early-stop threshold (float32 scans).
-    assert len(mine ^ theirs) <= 2e-3 * len(theirs)
+
+    # Early stop keeps a sample while T >= eps, with T a float32 product whose rounding differs between
+    # nerfacc's scan kernel and torch.cumprod: a ray's final sample may flip (seen on an H100: 4 of
+    # 1906 samples). So per ray: the shorter sample list must be a prefix of the longer, longer by at
+    # most one. Cell-face disagreements (<= 1e-3 of samples, as above) may break that for a few rays.
+    def per_ray(out):
+        rays: dict[int, list[float]] = {}
+        for r, t in zip(out[0].tolist(), out[1].tolist(), strict=True):
+            rays.setdefault(r, []).append(t)
+        return rays
+
+    mine, theirs = per_ray(a), per_ray(b)
+    bad = 0
+    for r in set(mine) | set(theirs):
+        x, y = mine.get(r, []), theirs.get(r, [])
+        short, long_ = (x, y) if len(x) <= len(y) else (y, x)
+        if len(long_) - len(short) > 1 or long_[: len(short)] != short:
+            bad += 1
+    assert len(theirs) > 500
+    assert bad <= max(2, 1e-3 * len(b[0]))
 
 
 @pytest.mark.gpu

@@ -138,9 +138,7 @@ def test_tcnn_backend_without_tinycudann_raises_dependency_error():
 
 @pytest.mark.gpu
 @requires_cuda
-@pytest.mark.parametrize(
-    "dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(None, id="tcnn-default")]
-)
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(None, id="tcnn-default")])
 @pytest.mark.parametrize("degree", [4, MAX_SH_DEGREE])
 def test_tcnn_matches_torch(degree, dtype):
     pytest.importorskip("neus2cli.backends")

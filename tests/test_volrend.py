@@ -71,9 +71,7 @@ def test_nerfacc_docstring_example():
     ray_indices = torch.tensor([0, 0, 0, 1, 1, 2, 2])
     weights, trans = render_weights_from_alpha(alphas, ray_indices=ray_indices)
     # float32 products of at most 3 factors: 1e-6 covers their rounding.
-    torch.testing.assert_close(
-        weights, torch.tensor([0.4, 0.48, 0.012, 0.8, 0.02, 0.0, 0.9]), atol=1e-6, rtol=0
-    )
+    torch.testing.assert_close(weights, torch.tensor([0.4, 0.48, 0.012, 0.8, 0.02, 0.0, 0.9]), atol=1e-6, rtol=0)
     torch.testing.assert_close(trans, torch.tensor([1.0, 0.6, 0.12, 1.0, 0.2, 1.0, 1.0]), atol=1e-6, rtol=0)
 
 
@@ -178,9 +176,7 @@ def test_visibility_rule():
     trans = render_transmittance_from_alpha(alphas, ray_indices=ray_indices, n_rays=2)
     vis = render_visibility_from_alpha(alphas, ray_indices=ray_indices, n_rays=2, early_stop_eps=0.05)
     assert torch.equal(vis, trans >= 0.05)
-    vis = render_visibility_from_alpha(
-        alphas, ray_indices=ray_indices, n_rays=2, early_stop_eps=0.05, alpha_thre=0.3
-    )
+    vis = render_visibility_from_alpha(alphas, ray_indices=ray_indices, n_rays=2, early_stop_eps=0.05, alpha_thre=0.3)
     assert torch.equal(vis, (trans >= 0.05) & (alphas >= 0.3))
 
 
@@ -243,9 +239,7 @@ def test_ray_aabb_intersect_cases():
     assert t_max[[0, 1, 4, 5]].tolist() == [2.0, 0.5, 2.0, 3.0]
     assert torch.isinf(t_min[[2, 3]]).all() and torch.isinf(t_max[[2, 3]]).all()
     # Planes clip after the hit test; (m, 6) boxes give (n_rays, m).
-    t_min, t_max, hit = ray_aabb_intersect(
-        rays_o, rays_d, box[None].repeat(2, 1), near_plane=0.0, far_plane=1.5
-    )
+    t_min, t_max, hit = ray_aabb_intersect(rays_o, rays_d, box[None].repeat(2, 1), near_plane=0.0, far_plane=1.5)
     assert t_min.shape == (6, 2) and t_min[1, 0] == 0.0 and t_max[0, 1] == 1.5
 
 

@@ -16,9 +16,7 @@ def _parse_indices(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
     except ValueError:
-        raise UserError(
-            f"--test-views must be comma-separated view indices such as 8,13,16, got {text!r}."
-        ) from None
+        raise UserError(f"--test-views must be comma-separated view indices such as 8,13,16, got {text!r}.") from None
     if any(v < 0 for v in values):
         raise UserError(f"--test-views indices must be >= 0, got {text!r}.")
     return values

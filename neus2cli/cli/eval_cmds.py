@@ -72,9 +72,7 @@ def evaluate(
     n_points: int | None = typer.Option(
         None, "--n-points", help="Points sampled on each mesh (default 200000, unless --density)."
     ),
-    density: float | None = typer.Option(
-        None, "--density", help="Points per unit area on each mesh instead."
-    ),
+    density: float | None = typer.Option(None, "--density", help="Points per unit area on each mesh instead."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (pred: seed, GT: seed + 1)."),
     clip: float | None = typer.Option(
         None,
@@ -94,9 +92,7 @@ def evaluate(
         help="cameras_sphere.npz: map the prediction from NeuS's unit-sphere frame to world units "
         "with scale_mat_0 (x_world = S[:3,:3] @ x + S[:3,3]).",
     ),
-    scale_mat_index: int = typer.Option(
-        0, "--scale-mat-index", help="Use scale_mat_<i> instead of scale_mat_0."
-    ),
+    scale_mat_index: int = typer.Option(0, "--scale-mat-index", help="Use scale_mat_<i> instead of scale_mat_0."),
     downsample: float | None = typer.Option(
         None,
         "--downsample",
@@ -126,9 +122,7 @@ def evaluate(
         "--no-check-units",
         help="Compare even if the bounding boxes differ >10x in size or do not overlap.",
     ),
-    json_out: bool = typer.Option(
-        False, "--json", help="Print one JSON object on stdout instead of a table."
-    ),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table."),
     plot: Path | None = typer.Option(
         None,
         "--plot",
@@ -162,9 +156,7 @@ def evaluate(
     if downsample_method not in (None, "voxel", "radius"):
         raise UserError(f"--downsample-method must be 'voxel' or 'radius', got {downsample_method!r}.")
     if crop is not None and not all(crop[i] < crop[i + 3] for i in range(3)):
-        raise UserError(
-            f"--crop must be XMIN YMIN ZMIN XMAX YMAX ZMAX with each min < max, got {list(crop)}."
-        )
+        raise UserError(f"--crop must be XMIN YMIN ZMIN XMAX YMAX ZMAX with each min < max, got {list(crop)}.")
     if plot is not None and plot.suffix.lower() != ".ply":
         raise UserError("--plot must name a .ply file (it stores per-vertex colours).", path=plot)
 
@@ -195,9 +187,7 @@ def evaluate(
         from neus2cli.eval.dtu import evaluate_dtu_official
 
         with _progress(True) as cb:
-            metrics = evaluate_dtu_official(
-                target, dtu_official, scan, options, max_dist=max_dist, on_progress=cb
-            )
+            metrics = evaluate_dtu_official(target, dtu_official, scan, options, max_dist=max_dist, on_progress=cb)
     else:
         if gt is None:
             raise UserError(

@@ -43,12 +43,17 @@ def _interrupted(err, resume_hint: str) -> None:
 def train(
     scene: Path | None = typer.Argument(None, help="Scene folder or JSON (default: the bundled demo scene)."),
     config: str | None = typer.Option(
-        None, "--config", "-c", help="Preset name (base, dtu, fast, demo) or a JSON file. Default: base (demo for the demo scene)."
+        None,
+        "--config",
+        "-c",
+        help="Preset name (base, dtu, fast, demo) or a JSON file. Default: base (demo for the demo scene).",
     ),
     steps: int | None = typer.Option(None, "--steps", help="Training steps (overrides the config)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default outputs/<scene>/<timestamp>)."),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
-    backend: BackendChoice | None = typer.Option(None, "--backend", help="Compute path (default from the config: auto)."),
+    backend: BackendChoice | None = typer.Option(
+        None, "--backend", help="Compute path (default from the config: auto)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (for logs)."),
@@ -71,7 +76,10 @@ def train(
             scene, cfg, out, resume=resume, force=force, progress=not no_progress, steps=steps
         )
     except TrainingInterrupted as err:
-        _interrupted(err, f"Continue with: neus2 train {scene or ''} --out {out or err.checkpoint_path.parent} --resume")
+        _interrupted(
+            err,
+            f"Continue with: neus2 train {scene or ''} --out {out or err.checkpoint_path.parent} --resume",
+        )
         return
     summary = {k: metrics[k] for k in ("steps", "train_seconds", "psnr_test", "backend") if k in metrics}
     console.print(f"[green]done[/green] {run_dir}  " + "  ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
@@ -97,14 +105,18 @@ def _parse_bbox(text: str | None) -> np.ndarray | None:
 
 @app.command("export-mesh")
 def export_mesh(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint file, a run folder, or a dynamic run folder with --frame."),
+    checkpoint: Path = typer.Argument(
+        ..., help="A checkpoint file, a run folder, or a dynamic run folder with --frame."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Mesh file to write (default next to the checkpoint)."),
     resolution: int = typer.Option(512, "--resolution", "-r", min=16, max=2048, help="Marching-cubes lattice size."),
     bbox: str | None = typer.Option(None, "--bbox", help="Region xmin,ymin,zmin,xmax,ymax,zmax in world units."),
     fmt: MeshFormat = typer.Option(MeshFormat.ply, "--format", help="Mesh file format (when --out has no suffix)."),
     no_color: bool = typer.Option(False, "--no-color", help="Skip vertex colours."),
     min_component: float = typer.Option(
-        0.0, "--remove-floaters", help="Drop components smaller than this fraction of the largest (0 keeps all)."
+        0.0,
+        "--remove-floaters",
+        help="Drop components smaller than this fraction of the largest (0 keeps all).",
     ),
     frame: int | None = typer.Option(None, "--frame", help="Frame index of a dynamic run."),
     backend: BackendChoice = typer.Option(BackendChoice.auto, "--backend", help="Compute path."),
@@ -164,7 +176,13 @@ def train_dynamic_cmd(
     cfg = resolve_config(config, overrides, backend=backend.value if backend else None)
     try:
         run_dir, metrics = train_dynamic(
-            scene_dir, cfg, out, mode=mode.value, frames=frames, resume=resume, force=force,
+            scene_dir,
+            cfg,
+            out,
+            mode=mode.value,
+            frames=frames,
+            resume=resume,
+            force=force,
             progress=not no_progress,
         )
     except TrainingInterrupted as err:

@@ -64,9 +64,7 @@ def json_normalization(meta: dict, path: Path) -> Normalization:
     try:
         scale = float(meta.get("scale", DEFAULT_SCALE))
         offset = np.asarray(meta.get("offset", DEFAULT_OFFSET), dtype=np.float64).reshape(3)
-        aabb = np.asarray(meta.get("aabb", [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), dtype=np.float64).reshape(
-            2, 3
-        )
+        aabb = np.asarray(meta.get("aabb", [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), dtype=np.float64).reshape(2, 3)
     except (TypeError, ValueError):
         raise UserError(
             "'scale' must be a number, 'offset' a list of 3 numbers and 'aabb' two lists of 3 numbers.",
@@ -128,15 +126,11 @@ def _frame_intrinsics(frame: dict, meta: dict, width: int, height: int, label: s
         )
     if fl_x is None:
         if not (0 < angle_x < np.pi):
-            raise UserError(
-                f"{label}: 'camera_angle_x' must be in (0, pi) radians, got {angle_x}.", path=path
-            )
+            raise UserError(f"{label}: 'camera_angle_x' must be in (0, pi) radians, got {angle_x}.", path=path)
         fl_x = float(intrinsics_from_fov(width, height, angle_x)[0, 0])
     if fl_y is None and angle_y is not None:
         if not (0 < angle_y < np.pi):
-            raise UserError(
-                f"{label}: 'camera_angle_y' must be in (0, pi) radians, got {angle_y}.", path=path
-            )
+            raise UserError(f"{label}: 'camera_angle_y' must be in (0, pi) radians, got {angle_y}.", path=path)
         fl_y = 0.5 * height / np.tan(0.5 * angle_y)
     if fl_y is None:
         fl_y = fl_x
@@ -168,8 +162,7 @@ def _image_path(frame: dict, label: str, json_path: Path) -> Path:
     resolved = resolve_image_path(base)
     if resolved is None:
         raise UserError(
-            f"{label}: image '{file_path}' not found (looked for {base} as given and with .png, .jpg, "
-            ".jpeg appended).",
+            f"{label}: image '{file_path}' not found (looked for {base} as given and with .png, .jpg, .jpeg appended).",
             path=json_path,
             hint="Paths are relative to the JSON's folder; check the path and that the images were copied.",
         )
@@ -213,9 +206,7 @@ def parse_json_frames(json_path: Path, meta: dict) -> tuple[list[View], list[str
     for i, frame in enumerate(frames):
         label = f"frame {i}"
         if not isinstance(frame, dict):
-            raise UserError(
-                f"{label}: expected an object with 'file_path' and 'transform_matrix'.", path=json_path
-            )
+            raise UserError(f"{label}: expected an object with 'file_path' and 'transform_matrix'.", path=json_path)
         if isinstance(frame.get("file_path"), str):
             label = f"frame {i} ({frame['file_path']})"
         image_path = _image_path(frame, label, json_path)
@@ -231,9 +222,7 @@ def parse_json_frames(json_path: Path, meta: dict) -> tuple[list[View], list[str
         try:
             w, h = int(w), int(h)
         except (TypeError, ValueError):
-            raise UserError(
-                f"{label}: 'w' and 'h' must be integers, got {w!r}, {h!r}.", path=json_path
-            ) from None
+            raise UserError(f"{label}: 'w' and 'h' must be integers, got {w!r}, {h!r}.", path=json_path) from None
         if w <= 0 or h <= 0:
             raise UserError(f"{label}: image size must be positive, got {w}x{h}.", path=json_path)
         K = _frame_intrinsics(frame, meta, w, h, label, json_path)
@@ -299,9 +288,7 @@ def load_json_scene(files: list[tuple[Path, str | None]], name: str, root: Path)
         for view, frame_split in zip(file_views, frame_splits, strict=True):
             s = file_split or frame_split or "train"
             if s not in ("train", "test", "val"):
-                raise UserError(
-                    f"view {view.name}: unknown split {s!r} (expected 'train' or 'test').", path=json_path
-                )
+                raise UserError(f"view {view.name}: unknown split {s!r} (expected 'train' or 'test').", path=json_path)
             split["test" if s == "val" else s].append(len(views))
             views.append(view)
     return Scene(

@@ -118,8 +118,7 @@ def normalization_from_scale_mat(scale_mats: np.ndarray, path: Path) -> Normaliz
     expected[:3, 3] = S[:3, 3]
     if not (s > 0) or np.abs(S - expected).max() > 1e-6 * max(1.0, abs(s)):
         raise UserError(
-            "scale_mat_0 is not a uniform scale plus translation "
-            "([[s,0,0,tx],[0,s,0,ty],[0,0,s,tz],[0,0,0,1]]).",
+            "scale_mat_0 is not a uniform scale plus translation ([[s,0,0,tx],[0,s,0,ty],[0,0,s,tz],[0,0,0,1]]).",
             path=path,
             hint="Anisotropic or rotated scale_mats are not supported.",
         )
@@ -146,8 +145,7 @@ def load_neus_folder(root: Path, test_views: tuple[int, ...] | list[int] | None 
     images = _list_images(image_dir)
     if len(images) != n:
         raise UserError(
-            f"{len(images)} images in {image_dir.name}/ but {n} cameras (world_mat_0..{n - 1}) in "
-            f"{CAMERAS_FILE}.",
+            f"{len(images)} images in {image_dir.name}/ but {n} cameras (world_mat_0..{n - 1}) in {CAMERAS_FILE}.",
             path=root,
             hint="Each image needs exactly one world_mat/scale_mat pair, in sorted file-name order.",
         )
@@ -168,16 +166,12 @@ def load_neus_folder(root: Path, test_views: tuple[int, ...] | list[int] | None 
         try:
             K, c2w = decompose_projection(world_mats[i])
         except ValueError as err:
-            raise UserError(
-                f"world_mat_{i} is not a valid projection matrix ({err}).", path=npz_path
-            ) from None
+            raise UserError(f"world_mat_{i} is not a valid projection matrix ({err}).", path=npz_path) from None
         K[0, 2] += 0.5  # NeuS/IDR pixel centres are at integers; ours at +0.5
         K[1, 2] += 0.5
         w, h = read_image_size(images[i])
         views.append(
-            View(
-                name=images[i].stem, image_path=images[i], width=w, height=h, K=K, c2w=c2w, mask_path=masks[i]
-            )
+            View(name=images[i].stem, image_path=images[i], width=w, height=h, K=K, c2w=c2w, mask_path=masks[i])
         )
     held_out = set(DTU_TEST_VIEWS if test_views is None else test_views)
     split = {

@@ -64,9 +64,7 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
         with Image.open(path) as im:  # lazy: decodes the header only
             return int(im.size[0]), int(im.size[1])
     except FileNotFoundError:
-        raise UserError(
-            "image file not found.", path=path, hint="Check the file path in the scene."
-        ) from None
+        raise UserError("image file not found.", path=path, hint="Check the file path in the scene.") from None
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(
             f"cannot read the image header ({err}).", path=path, hint="Re-export it as PNG or JPEG."

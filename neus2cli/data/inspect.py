@@ -149,9 +149,7 @@ def render_description(desc: dict):
     cov = desc["mask_coverage"]
     table.add_row(
         "mask coverage (min/mean/max)",
-        "no masks (all foreground)"
-        if cov is None
-        else f"{_fmt_stats(cov)} over {cov['views_sampled']} views",
+        "no masks (all foreground)" if cov is None else f"{_fmt_stats(cov)} over {cov['views_sampled']} views",
     )
     norm = desc["normalization"]
     table.add_row(

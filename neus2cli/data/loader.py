@@ -160,8 +160,7 @@ def load_dynamic_scene(directory: str | Path, frames: slice | None = None) -> Dy
         jsons = jsons[frames]
         if not jsons:
             raise UserError(
-                f"the frame selection {frames.start}:{frames.stop}:{frames.step} selects none of the "
-                f"{total} frames.",
+                f"the frame selection {frames.start}:{frames.stop}:{frames.step} selects none of the {total} frames.",
                 path=directory,
             )
     scenes, warnings = [], []

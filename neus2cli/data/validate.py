@@ -136,9 +136,7 @@ def check_cameras_see_region(scene: Scene) -> None:
 def check_scene(scene: Scene) -> list[str]:
     """Cheap checks (no pixels read). Raises ``UserError``; returns new warnings."""
     if not scene.views:
-        raise UserError(
-            "the scene has no frames.", path=scene.root, hint="Add frames (images with camera poses)."
-        )
+        raise UserError("the scene has no frames.", path=scene.root, hint="Add frames (images with camera poses).")
     check_poses(scene)
     check_cameras_see_region(scene)
     warnings = []
@@ -185,9 +183,7 @@ def summarize_view(view: View, max_size: int = CARVE_MAX_SIZE) -> MaskSummary:
     return MaskSummary(w, h, float(fg.mean()), bool(alpha.min() < 255), small, factor)
 
 
-def summarize_views(
-    views: Sequence[View], workers: int | None = None, progress: bool = True
-) -> list[MaskSummary]:
+def summarize_views(views: Sequence[View], workers: int | None = None, progress: bool = True) -> list[MaskSummary]:
     """``summarize_view`` for every view, in parallel threads with a progress bar."""
     return map_views(summarize_view, views, workers=workers, progress=progress, desc="checking images")
 
@@ -195,8 +191,7 @@ def summarize_views(
 def check_image_sizes(views: Sequence[View], summaries: Sequence[MaskSummary], scene: Scene) -> None:
     """``UserError`` naming the views whose decoded size differs from the scene file's."""
     bad = [
-        f"{v.image_path.name if v.image_path else v.name} is {s.width}x{s.height}, "
-        f"expected {v.width}x{v.height}"
+        f"{v.image_path.name if v.image_path else v.name} is {s.width}x{s.height}, expected {v.width}x{v.height}"
         for v, s in zip(views, summaries, strict=True)
         if (s.width, s.height) != (v.width, v.height)
     ]
@@ -277,13 +272,7 @@ def carve(
             torch.as_tensor(view.c2w, dtype=torch.float64),
             dist,
         )
-        inside = (
-            (depth > 0)
-            & (uv[:, 0] >= 0)
-            & (uv[:, 0] < view.width)
-            & (uv[:, 1] >= 0)
-            & (uv[:, 1] < view.height)
-        )
+        inside = (depth > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < view.width) & (uv[:, 1] >= 0) & (uv[:, 1] < view.height)
         alive, uv = alive[inside], uv[inside]
         # The pixel holding continuous coordinate uv (centres at +0.5) is floor(uv).
         small = torch.from_numpy(summary.small)
@@ -326,9 +315,7 @@ def estimate_content_bbox(
     return result
 
 
-def fit_normalization(
-    bbox_world: np.ndarray, aabb: np.ndarray, margin: float = FIT_MARGIN
-) -> tuple[float, np.ndarray]:
+def fit_normalization(bbox_world: np.ndarray, aabb: np.ndarray, margin: float = FIT_MARGIN) -> tuple[float, np.ndarray]:
     """(scale, offset) that centre ``bbox_world`` (2, 3) in ``aabb`` (2, 3) with a relative ``margin``.
 
     The largest half-extent, grown by ``margin``, maps to the smallest half side of ``aabb``.

@@ -211,9 +211,7 @@ def evaluate_dtu_official(
     """
     options = options or GeometryOptions()
     if options.crop is not None or options.clip is not None:
-        raise ValueError(
-            "evaluate_dtu_official: options.crop and options.clip are not part of the DTU protocol"
-        )
+        raise ValueError("evaluate_dtu_official: options.crop and options.clip are not part of the DTU protocol")
     report = on_progress or (lambda stage, fraction: None)
     files = find_dtu_files(dtu_dir, scan)
 

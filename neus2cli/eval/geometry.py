@@ -154,24 +154,19 @@ class GeometryOptions:
         if self.thresholds is not None:
             self.thresholds = [float(t) for t in self.thresholds]
             if not self.thresholds or any(not (np.isfinite(t) and t > 0) for t in self.thresholds):
-                raise ValueError(
-                    f"GeometryOptions.thresholds must be positive numbers, got {self.thresholds}"
-                )
+                raise ValueError(f"GeometryOptions.thresholds must be positive numbers, got {self.thresholds}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"GeometryOptions.clip must be > 0, got {self.clip}")
         if self.crop is not None:
             crop = np.asarray(self.crop, dtype=np.float64).reshape(2, 3)
             if np.any(crop[1] <= crop[0]):
-                raise ValueError(
-                    f"GeometryOptions.crop must be [min, max] with min < max, got {crop.tolist()}"
-                )
+                raise ValueError(f"GeometryOptions.crop must be [min, max] with min < max, got {crop.tolist()}")
             self.crop = crop
         if self.downsample is not None and self.downsample < 0:
             raise ValueError(f"GeometryOptions.downsample must be >= 0, got {self.downsample}")
         if self.downsample_method not in (None, "voxel", "radius"):
             raise ValueError(
-                "GeometryOptions.downsample_method must be 'voxel' or 'radius', "
-                f"got {self.downsample_method!r}"
+                f"GeometryOptions.downsample_method must be 'voxel' or 'radius', got {self.downsample_method!r}"
             )
 
 
@@ -312,9 +307,7 @@ def _load_with_trimesh(path: Path, what: str) -> Geometry:
         normals = None
         data = raw.get("vertex", {}).get("data", {})
         if isinstance(data, dict) and all(k in data for k in ("nx", "ny", "nz")):
-            normals = _unit(
-                np.stack([np.ravel(data[k]) for k in ("nx", "ny", "nz")], axis=1).astype(np.float64)
-            )
+            normals = _unit(np.stack([np.ravel(data[k]) for k in ("nx", "ny", "nz")], axis=1).astype(np.float64))
         return Geometry(points=points, normals=normals, path=path)
     raise UserError(f"the {what} holds a {type(loaded).__name__}, not a mesh or point cloud.", path=path)
 
@@ -342,9 +335,7 @@ def load_scale_mat(path: str | Path, index: int = 0) -> np.ndarray:
     except Exception as err:
         raise UserError(f"could not read the --scale-mat file ({err}).", path=path, hint=hint) from err
     if not isinstance(data, np.lib.npyio.NpzFile) or key not in data.files:
-        found = (
-            ", ".join(sorted(data.files)[:8]) if isinstance(data, np.lib.npyio.NpzFile) else "a plain array"
-        )
+        found = ", ".join(sorted(data.files)[:8]) if isinstance(data, np.lib.npyio.NpzFile) else "a plain array"
         raise UserError(
             f"the --scale-mat file has no '{key}' array (found: {found or 'nothing'}).", path=path, hint=hint
         )
@@ -352,9 +343,7 @@ def load_scale_mat(path: str | Path, index: int = 0) -> np.ndarray:
     if mat.shape == (3, 4):
         mat = np.vstack([mat, [0.0, 0.0, 0.0, 1.0]])
     if mat.shape != (4, 4) or not np.all(np.isfinite(mat)) or abs(np.linalg.det(mat[:3, :3])) < 1e-12:
-        raise UserError(
-            f"'{key}' in the --scale-mat file is not an invertible 4x4 matrix.", path=path, hint=hint
-        )
+        raise UserError(f"'{key}' in the --scale-mat file is not an invertible 4x4 matrix.", path=path, hint=hint)
     return mat
 
 
@@ -408,9 +397,7 @@ def sample_surface(
         PointSample with (n, 3) points and (n, 3) unit normals (meshes).
     """
     if not geometry.is_mesh:
-        return PointSample(
-            geometry.points.copy(), None if geometry.normals is None else geometry.normals.copy()
-        )
+        return PointSample(geometry.points.copy(), None if geometry.normals is None else geometry.normals.copy())
     if n_points is not None and density is not None:
         raise ValueError("sample_surface: give n_points or density, not both")
     tri = geometry.points[geometry.faces]  # (F, 3, 3)
@@ -425,8 +412,7 @@ def sample_surface(
         n = DEFAULT_N_POINTS if n_points is None else int(n_points)
     if n > MAX_SAMPLES:
         raise UserError(
-            f"sampling {n:,} points (surface area {area:.4g} x density) is more than the limit "
-            f"of {MAX_SAMPLES:,}.",
+            f"sampling {n:,} points (surface area {area:.4g} x density) is more than the limit of {MAX_SAMPLES:,}.",
             path=geometry.path,
             hint="Lower --density or pass --n-points.",
         )

@@ -99,9 +99,7 @@ def ssim_map(pred: Any, gt: Any) -> np.ndarray:
     """
     p, g, _ = _check_pair(pred, gt, None)
     if min(p.shape[:2]) < SSIM_WINDOW:
-        raise ValueError(
-            f"pred must be at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels for SSIM, got {p.shape[:2]}"
-        )
+        raise ValueError(f"pred must be at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels for SSIM, got {p.shape[:2]}")
     w = _gaussian_window()
     r = SSIM_WINDOW // 2
 

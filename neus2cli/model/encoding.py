@@ -90,8 +90,7 @@ class HashGridConfig:
             raise ValueError(f"base_resolution must be >= 2, got {self.base_resolution}")
         if self.per_level_scale is None and int(self.finest_resolution) < int(self.base_resolution):
             raise ValueError(
-                f"finest_resolution must be >= base_resolution ({self.base_resolution}), "
-                f"got {self.finest_resolution}"
+                f"finest_resolution must be >= base_resolution ({self.base_resolution}), got {self.finest_resolution}"
             )
         if self.per_level_scale is not None and not float(self.per_level_scale) >= 1.0:
             raise ValueError(f"per_level_scale must be >= 1, got {self.per_level_scale}")
@@ -267,9 +266,7 @@ class TorchHashGrid(HashGrid):
         # Per-level constants as non-persistent buffers: they follow .to(device) but the
         # state dict holds only `params`, as on the tcnn backend. The scales are exact
         # float32 values kept in float64 (used to emulate tcnn's single-rounding fmaf).
-        strides = [
-            HASH_PRIMES if h else (1, r, r * r) for h, r in zip(lay.hashed, lay.resolutions, strict=True)
-        ]
+        strides = [HASH_PRIMES if h else (1, r, r * r) for h, r in zip(lay.hashed, lay.resolutions, strict=True)]
         self.register_buffer("_scales", torch.tensor(lay.scales, dtype=torch.float64), persistent=False)
         self.register_buffer("_strides", torch.tensor(strides, dtype=torch.int64), persistent=False)
         self.register_buffer("_sizes", torch.tensor(lay.sizes, dtype=torch.int64), persistent=False)
@@ -394,9 +391,7 @@ class TcnnHashGrid(HashGrid):
         return enc(x.float().contiguous()).float()
 
 
-def make_hash_grid(
-    cfg: HashGridConfig | None = None, backend: Backend = "torch", seed: int = 1337
-) -> HashGrid:
+def make_hash_grid(cfg: HashGridConfig | None = None, backend: Backend = "torch", seed: int = 1337) -> HashGrid:
     """Build the hash grid for ``backend`` ("tcnn": tinycudann on CUDA; "torch": pure PyTorch).
 
     Both return a :class:`HashGrid`: ``forward(x (N, 3) in [0, 1]^3) -> (N, n_levels * F)``

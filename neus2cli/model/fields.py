@@ -84,7 +84,10 @@ class ColorNetwork(nn.Module):
         n_in = cfg.sdf_outputs + cfg.sh_degree**2 + 3 + 3
         layers: list[nn.Module] = []
         for i in range(cfg.color_layers):
-            layers += [nn.Linear(n_in if i == 0 else cfg.color_hidden, cfg.color_hidden, bias=False), nn.ReLU()]
+            layers += [
+                nn.Linear(n_in if i == 0 else cfg.color_hidden, cfg.color_hidden, bias=False),
+                nn.ReLU(),
+            ]
         layers.append(nn.Linear(cfg.color_hidden, 3, bias=False))
         self.mlp = nn.Sequential(*layers)
 
@@ -115,9 +118,7 @@ class NeuSModel(nn.Module):
         """(N, 3) normalized -> (N,) SDF in normalized units."""
         return self.sdf_net(x)[0]
 
-    def sdf_and_gradient(
-        self, x: torch.Tensor, create_graph: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sdf_and_gradient(self, x: torch.Tensor, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, 3) -> sdf (N,), grad (N, 3) = d sdf / d x, outputs (N, sdf_outputs).
 
         ``create_graph=True`` keeps the graph of the gradient, so the eikonal loss can be
@@ -129,9 +130,7 @@ class NeuSModel(nn.Module):
             (grad,) = torch.autograd.grad(sdf, x, torch.ones_like(sdf), create_graph=create_graph)
         return sdf, grad, outputs
 
-    def color(
-        self, sdf_outputs: torch.Tensor, dirs: torch.Tensor, x: torch.Tensor, grad: torch.Tensor
-    ) -> torch.Tensor:
+    def color(self, sdf_outputs: torch.Tensor, dirs: torch.Tensor, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         return self.color_net(sdf_outputs, dirs, x, grad)
 
     def mlp_weights(self) -> list[nn.Parameter]:

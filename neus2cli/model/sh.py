@@ -59,9 +59,7 @@ def _sh_tables(degree: int) -> tuple[np.ndarray, np.ndarray]:
         p_l = npleg.leg2poly([0.0] * band + [1.0])
         for m in range(-band, band + 1):
             am = abs(m)
-            k_lm = math.sqrt(
-                (2 * band + 1) / (4 * math.pi) * math.factorial(band - am) / math.factorial(band + am)
-            )
+            k_lm = math.sqrt((2 * band + 1) / (4 * math.pi) * math.factorial(band - am) / math.factorial(band + am))
             q = nppoly.polyder(p_l, am) if am else p_l
             # P_l^m(z) = (-1)^m (1 - z^2)^(m/2) d^m P_l / dz^m; the (1 - z^2)^(m/2) factor
             # joins cos/sin(m phi) to form C_m / S_m.

@@ -52,9 +52,7 @@ def ray_aabb_intersect(
     if rays_o.ndim != 2 or rays_o.shape[-1] != 3:
         raise ValueError(f"rays_o must have shape (n_rays, 3), got {tuple(rays_o.shape)}")
     if rays_d.shape != rays_o.shape:
-        raise ValueError(
-            f"rays_d must have the shape of rays_o {tuple(rays_o.shape)}, got {tuple(rays_d.shape)}"
-        )
+        raise ValueError(f"rays_d must have the shape of rays_o {tuple(rays_o.shape)}, got {tuple(rays_d.shape)}")
     single = aabbs.ndim == 1
     boxes = aabbs.reshape(1, -1) if single else aabbs
     if boxes.ndim != 2 or boxes.shape[-1] != 6:

@@ -420,9 +420,7 @@ class TorchOccupancyGrid(nn.Module):
             raise ValueError(f"resolution must be a positive int or 3 positive ints, got {resolution!r}")
         aabb = torch.as_tensor(roi_aabb, dtype=torch.float32).reshape(-1).cpu()
         if aabb.shape != (6,) or not bool((aabb[3:] > aabb[:3]).all()):
-            raise ValueError(
-                f"roi_aabb must be [xmin, ymin, zmin, xmax, ymax, zmax] with max > min, got {roi_aabb!r}"
-            )
+            raise ValueError(f"roi_aabb must be [xmin, ymin, zmin, xmax, ymax, zmax] with max > min, got {roi_aabb!r}")
         if not isinstance(levels, int) or levels < 1:
             raise ValueError(f"levels must be an int >= 1, got {levels!r}")
         self.levels = levels
@@ -519,9 +517,7 @@ class TorchOccupancyGrid(nn.Module):
                 values = torch.empty((0,), device=t_starts.device)
             if values.shape != t_starts.shape:
                 kind = "sigma_fn" if sigma_fn is not None else "alpha_fn"
-                raise ValueError(
-                    f"{kind} must return shape {tuple(t_starts.shape)}, got {tuple(values.shape)}"
-                )
+                raise ValueError(f"{kind} must return shape {tuple(t_starts.shape)}, got {tuple(values.shape)}")
             if sigma_fn is not None:
                 masks = render_visibility_from_density(
                     t_starts, t_ends, values, ray_indices=ray_indices, n_rays=n_rays,

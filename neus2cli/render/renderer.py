@@ -69,20 +69,21 @@ def render_rays(
     inv_s = model.inv_s
 
     def alpha_fn(t_starts: torch.Tensor, t_ends: torch.Tensor, ray_indices: torch.Tensor) -> torch.Tensor:
-        # Exact section-end SDFs: no gradient needed, so the pre-pass stays cheap. Where a section
-        # ends where the next one starts (the usual case inside occupied cells), that SDF value is
-        # shared, so each marched point is evaluated once.
-        o, d = rays_o[ray_indices], rays_d[ray_indices]
-        n = t_starts.shape[0]
-        shared = torch.zeros(n, dtype=torch.bool, device=t_starts.device)
-        shared[:-1] = (ray_indices[1:] == ray_indices[:-1]) & ((t_starts[1:] - t_ends[:-1]).abs() <= 1e-7)
-        own_end = ~shared
-        points = torch.cat([o + d * t_starts[:, None], (o + d * t_ends[:, None])[own_end]], dim=0)
-        sdf = model.sdf(points)
-        start_sdf = sdf[:n]
-        end_sdf = torch.empty_like(start_sdf)
-        end_sdf[shared] = start_sdf[1:][shared[:-1]]
-        end_sdf[own_end] = sdf[n:]
+        # Early-stop pre-pass, no gradient: the SDF is evaluated once per marched point, at section
+        # starts. A section that ends where the next begins (the usual case) takes that SDF as its end;
+        # a ray's last section (or one before a jump over empty cells) extrapolates its start with the
+        # previous section's slope. Written without boolean indexing, so nothing waits on the GPU.
+        if t_starts.shape[0] == 0:
+            return t_starts.clone()
+        start_sdf = model.sdf(rays_o[ray_indices] + rays_d[ray_indices] * t_starts[:, None])
+        continues = torch.zeros_like(t_starts, dtype=torch.bool)
+        continues[:-1] = (ray_indices[1:] == ray_indices[:-1]) & ((t_starts[1:] - t_ends[:-1]).abs() <= 1e-6)
+        continued = torch.zeros_like(continues)
+        continued[1:] = continues[:-1]
+        next_sdf = torch.cat([start_sdf[1:], start_sdf[-1:]])
+        prev_sdf = torch.cat([start_sdf[:1], start_sdf[:-1]])
+        slope = torch.where(continued, start_sdf - prev_sdf, torch.zeros_like(start_sdf))
+        end_sdf = torch.where(continues, next_sdf, start_sdf + slope)
         return neus_alpha_from_sdf_pair(start_sdf, end_sdf, inv_s)
 
     with torch.no_grad():

@@ -107,8 +107,7 @@ def _check_ray_indices(ray_indices: Tensor, n_rays: int | None) -> None:
         raise ValueError("ray_indices must be sorted (samples packed by ray, in marching order)")
     if int(ray_indices[0]) < 0 or (n_rays is not None and int(ray_indices[-1]) >= n_rays):
         raise ValueError(
-            f"ray_indices must lie in [0, n_rays={n_rays}), "
-            f"got [{int(ray_indices[0])}, {int(ray_indices[-1])}]"
+            f"ray_indices must lie in [0, n_rays={n_rays}), got [{int(ray_indices[0])}, {int(ray_indices[-1])}]"
         )
 
 
@@ -122,8 +121,7 @@ def _packed_layout(
         starts, counts = packed_info.to(device=device, dtype=torch.int64).unbind(-1)
         if int(counts.sum()) != n_samples or bool((starts != torch.cumsum(counts, 0) - counts).any()):
             raise ValueError(
-                "packed_info must describe contiguous chunks covering all samples in order "
-                "(start = cumulative count)"
+                "packed_info must describe contiguous chunks covering all samples in order (start = cumulative count)"
             )
         rays = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
     elif ray_indices is not None:
@@ -248,9 +246,7 @@ def render_transmittance_from_density(
     """
     nf = _nerfacc_or_none(impl, sigmas, t_starts)
     if nf is not None:
-        return nf.render_transmittance_from_density(
-            t_starts, t_ends, sigmas, packed_info, ray_indices, n_rays
-        )
+        return nf.render_transmittance_from_density(t_starts, t_ends, sigmas, packed_info, ray_indices, n_rays)
     sigmas_dt = sigmas * (t_ends - t_starts)
     alphas = 1.0 - torch.exp(-sigmas_dt)
     trans = torch.exp(-exclusive_sum(sigmas_dt, packed_info, ray_indices, n_rays))
@@ -321,9 +317,7 @@ def accumulate_along_rays(
         src = weights[..., None]
     else:
         if values.ndim != weights.ndim + 1 or values.shape[:-1] != weights.shape:
-            raise ValueError(
-                f"values must have shape {tuple(weights.shape)} + (C,), got {tuple(values.shape)}"
-            )
+            raise ValueError(f"values must have shape {tuple(weights.shape)} + (C,), got {tuple(values.shape)}")
         src = weights[..., None] * values
     if ray_indices is None:
         return src.sum(dim=-2)

@@ -203,8 +203,9 @@ class DynamicRun:
             "name": scene.name,
             "seconds": time.perf_counter() - t0,
             "train_seconds": train_seconds,
-            "steps": self.cfg.dynamic.first_frame_steps if first or self.mode == "per-frame" else
-            self.cfg.dynamic.next_frame_steps,
+            "steps": self.cfg.dynamic.first_frame_steps
+            if first or self.mode == "per-frame"
+            else self.cfg.dynamic.next_frame_steps,
             "retries": attempt,
             "stored_bytes": n_bytes,
             "keyframe": keyframe,
@@ -329,7 +330,9 @@ def train_dynamic(
     return out_dir, _summary(run.records, mode, backend)
 
 
-def trainer_for_frame(run_dir: Path, frame: int, backend: str = "auto") -> tuple[NeuSTrainer, Normalization, np.ndarray]:
+def trainer_for_frame(
+    run_dir: Path, frame: int, backend: str = "auto"
+) -> tuple[NeuSTrainer, Normalization, np.ndarray]:
     """Rebuild frame ``frame`` of a dynamic run from its stored deltas.
 
     Returns the trainer (model + occupancy grid in the canonical frame), the normalization

@@ -25,9 +25,9 @@ class PixelBank:
         self.widths = torch.tensor([w for _, w in sizes], device=self.device)
         counts = self.heights * self.widths
         self.offsets = torch.cumsum(counts, 0) - counts
-        self.pixels = torch.cat(
-            [torch.from_numpy(np.ascontiguousarray(img)).reshape(-1, 4) for img in images]
-        ).to(self.device)
+        self.pixels = torch.cat([torch.from_numpy(np.ascontiguousarray(img)).reshape(-1, 4) for img in images]).to(
+            self.device
+        )
         self.K = torch.tensor(np.stack([v.K for v in views]), dtype=torch.float32, device=self.device)
         c2w = np.stack([normalization.c2w_to_normalized(v.c2w) for v in views])
         self.c2w = torch.tensor(c2w, dtype=torch.float32, device=self.device)

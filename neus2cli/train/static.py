@@ -173,7 +173,10 @@ def save_renders(renders: list[dict], folder: Path) -> None:
     for r in renders:
         side = np.concatenate([r["gt"], r["pred"]], axis=1)
         png = (np.clip(side, 0, 1) * 255 + 0.5).astype(np.uint8)
-        atomic_write(folder / f"{r['name']}.png", lambda tmp, png=png: iio.imwrite(tmp, png, extension=".png"))
+        atomic_write(
+            folder / f"{r['name'].replace('/', '_')}.png",
+            lambda tmp, png=png: iio.imwrite(tmp, png, extension=".png"),
+        )
 
 
 def _resolve_scene(scene_path: Path | None) -> Path:
@@ -239,8 +242,9 @@ def train_static(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     wall0 = time.perf_counter()
-    timing = trainer.run(cfg.train.steps, description=f"train {scene.name}", progress=progress,
-                         on_checkpoint=on_checkpoint)
+    timing = trainer.run(
+        cfg.train.steps, description=f"train {scene.name}", progress=progress, on_checkpoint=on_checkpoint
+    )
     on_checkpoint(trainer)
 
     t_mesh = time.perf_counter()

@@ -42,8 +42,10 @@ class DivergenceError(RuntimeError):
 
 @dataclass
 class StepStats:
-    loss: float
-    psnr: float
+    """One step's figures. ``loss`` and ``mse`` stay on the device (reading them would wait for the GPU)."""
+
+    loss: torch.Tensor
+    mse: torch.Tensor
     n_rays: int
     n_samples: int
 
@@ -138,6 +140,7 @@ class NeuSTrainer:
         self.total_steps = cfg.train.steps
         self.n_rays = cfg.sampling.initial_rays
         self.freeze_field = False
+        self._active_levels = -1
         self.reset_optimizer()
 
     # ----------------------------------------------------------------- state resets
@@ -181,17 +184,18 @@ class NeuSTrainer:
     def _apply_schedules(self) -> None:
         t = self.cfg.train
         if self.freeze_field:
-            self.model.sdf_net.set_active_levels(self.cfg.model.n_levels)
+            levels = self.cfg.model.n_levels
         else:
-            self.model.sdf_net.set_active_levels(
-                active_levels(
-                    self.step,
-                    self.cfg.model.n_levels,
-                    t.progressive_start_levels,
-                    t.progressive_start_step,
-                    t.progressive_every,
-                )
+            levels = active_levels(
+                self.step,
+                self.cfg.model.n_levels,
+                t.progressive_start_levels,
+                t.progressive_start_step,
+                t.progressive_every,
             )
+        if levels != self._active_levels:  # the mask lives on the device: touch it only on change
+            self.model.sdf_net.set_active_levels(levels)
+            self._active_levels = levels
         factor = lr_factor(self.step, self.total_steps, t.lr_decay_start, t.lr_final_factor)
         for group in self.optimizer.param_groups:
             group["lr"] = t.lr * factor
@@ -232,8 +236,6 @@ class NeuSTrainer:
             loss = loss + t.eikonal_weight * eikonal_loss(out.sdf_grad)
             if t.mask_weight > 0:
                 loss = loss + t.mask_weight * mask_bce(out.opacity, mask[:, 0])
-        if not torch.isfinite(loss):
-            raise DivergenceError(f"non-finite loss at step {self.step}")
         if loss.requires_grad:
             self.optimizer.zero_grad(set_to_none=True)
             if self.transform_optimizer is not None:
@@ -244,13 +246,13 @@ class NeuSTrainer:
                 self.ema.update()
             if self.transform_optimizer is not None:
                 self.transform_optimizer.step()
-        mse = float(((out.rgb.detach() - target) ** 2).mean())
+        mse = ((out.rgb.detach() - target) ** 2).mean()
         if out.n_samples > 0:
             self.n_rays = int(min(s.max_rays, max(64, self.n_rays * s.target_samples / out.n_samples)))
         else:
             self.n_rays = min(s.max_rays, self.n_rays * 2)
         self.step += 1
-        return StepStats(float(loss.detach()), psnr_from_mse(mse), n, out.n_samples)
+        return StepStats(loss.detach(), mse, n, out.n_samples)
 
     # ----------------------------------------------------------------- loops
     def run(
@@ -271,8 +273,9 @@ class NeuSTrainer:
         samples = 0
         t0 = time.perf_counter()
         window_t, window_samples = t0, 0
-        loss_ema, psnr_ema = math.nan, math.nan
-        rate = 0.0
+        loss_sum = mse_sum = None
+        window_steps = 0
+        loss_avg = psnr_avg = math.nan
         with TrainProgress(until_step, description, enabled=progress) as bar:
             bar.advance_to(self.step)
             try:
@@ -280,15 +283,20 @@ class NeuSTrainer:
                     stats = self.train_step()
                     samples += stats.n_samples
                     window_samples += stats.n_samples
-                    loss_ema = stats.loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * stats.loss
-                    psnr_ema = stats.psnr if math.isnan(psnr_ema) else 0.9 * psnr_ema + 0.1 * stats.psnr
+                    # Summed on the device; read (one sync) only when the bar is refreshed.
+                    loss_sum = stats.loss if loss_sum is None else loss_sum + stats.loss
+                    mse_sum = stats.mse if mse_sum is None else mse_sum + stats.mse
+                    window_steps += 1
                     if self.step % t.log_every == 0 or self.step == until_step:
-                        if self.device.type == "cuda":
-                            torch.cuda.synchronize(self.device)
+                        loss_avg = float(loss_sum) / window_steps
+                        psnr_avg = psnr_from_mse(float(mse_sum) / window_steps)
                         now = time.perf_counter()
                         rate = window_samples / max(now - window_t, 1e-9)
-                        window_t, window_samples = now, 0
-                        bar.update(self.step, loss=loss_ema, psnr=psnr_ema, samples_per_s=rate)
+                        window_t, window_samples, window_steps = now, 0, 0
+                        loss_sum = mse_sum = None
+                        bar.update(self.step, loss=loss_avg, psnr=psnr_avg, samples_per_s=rate)
+                        if not math.isfinite(loss_avg):
+                            raise DivergenceError(f"non-finite loss before step {self.step}")
                         self.check_health()
                     if on_checkpoint is not None and t.checkpoint_every > 0 and self.step % t.checkpoint_every == 0:
                         on_checkpoint(self)
@@ -304,8 +312,8 @@ class NeuSTrainer:
             "seconds": seconds,
             "steps_per_second": steps / max(seconds, 1e-9),
             "samples_per_second": samples / max(seconds, 1e-9),
-            "final_loss": loss_ema,
-            "final_train_psnr": psnr_ema,
+            "final_loss": loss_avg,
+            "final_train_psnr": psnr_avg,
         }
 
     def check_health(self) -> None:
@@ -338,4 +346,4 @@ class NeuSTrainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.ema.load_state_dict(state["ema"])
             if "generator" in state:
-                self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+                self.generator.set_state(state["generator"].cpu())

@@ -1,0 +1,154 @@
+"""Where does a training step's time go? Times each stage of NeuS2 steps on a scene.
+
+    python bench/profile_step.py SCENE [--config dtu] [--backend auto] [--steps 300] [--warmup 200]
+
+Stages: ray batch, occupancy update, sampling (incl. the alpha pre-pass), SDF + gradient,
+colour + compositing + loss, backward, optimiser + EMA. GPU stages are timed with CUDA
+events after a synchronising warm-up; numbers are medians over the timed steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from neus2cli import backends
+from neus2cli.config import resolve_config
+from neus2cli.data.images import load_images
+from neus2cli.data.loader import load_scene
+from neus2cli.train.pixels import PixelBank
+from neus2cli.train.static import pick_device
+from neus2cli.train.trainer import NeuSTrainer
+
+
+class StageTimer:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.times: dict[str, list[float]] = {}
+        self._marks: list[tuple[str, object]] = []
+
+    def mark(self, name: str) -> None:
+        if self.device.type == "cuda":
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self._marks.append((name, ev))
+        else:
+            self._marks.append((name, time.perf_counter()))
+
+    def flush(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        for (_, a), (name, b) in zip(self._marks, self._marks[1:], strict=False):
+            ms = a.elapsed_time(b) if self.device.type == "cuda" else (b - a) * 1e3
+            self.times.setdefault(name, []).append(ms)
+        self._marks = []
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scene", type=Path)
+    ap.add_argument("--config", default="dtu")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    cfg = resolve_config(args.config, args.overrides, backend=args.backend)
+    backend = backends.resolve_backend(cfg.backend)
+    device = pick_device(backend)
+    scene = load_scene(args.scene)
+    images = load_images(scene.train_views, progress=False)
+    trainer = NeuSTrainer(cfg, backend, device)
+    trainer.bank = PixelBank(scene.train_views, images, scene.normalization, device)
+
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        trainer.train_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    warm_s = time.perf_counter() - t0
+
+    # Monkey-patched stage marks: wrap the pieces train_step calls.
+    import neus2cli.render.renderer as renderer_mod
+    import neus2cli.train.trainer as trainer_mod
+
+    timer = StageTimer(device)
+    orig_render, orig_update = trainer_mod.render_rays, trainer.update_grid
+    orig_sdf_grad = trainer.model.sdf_and_gradient
+    orig_sampling = trainer.grid.sampling
+
+    def timed_update(step, force_full=False):
+        orig_update(step, force_full)
+        timer.mark("occupancy update")
+
+    def timed_sampling(*a, **k):
+        timer.mark("ray batch")
+        out = orig_sampling(*a, **k)
+        timer.mark("sampling + alpha pre-pass")
+        return out
+
+    def timed_sdf_grad(x, create_graph):
+        out = orig_sdf_grad(x, create_graph)
+        timer.mark("sdf + gradient")
+        return out
+
+    def timed_render(*a, **k):
+        out = orig_render(*a, **k)
+        timer.mark("colour + compositing")
+        return out
+
+    trainer.update_grid = timed_update
+    trainer.grid.sampling = timed_sampling
+    trainer.model.sdf_and_gradient = timed_sdf_grad
+    trainer_mod.render_rays = timed_render
+    orig_backward = torch.Tensor.backward
+
+    def timed_backward(self, *a, **k):
+        timer.mark("loss")
+        orig_backward(self, *a, **k)
+        timer.mark("backward")
+
+    torch.Tensor.backward = timed_backward
+    samples, step_ms = [], []
+    try:
+        for _ in range(args.steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            s0 = time.perf_counter()
+            timer.mark("start")
+            stats = trainer.train_step()
+            timer.mark("optimiser + EMA")
+            timer.flush()
+            step_ms.append((time.perf_counter() - s0) * 1e3)
+            samples.append(stats.n_samples)
+    finally:
+        torch.Tensor.backward = orig_backward
+        trainer_mod.render_rays = orig_render
+        del renderer_mod
+
+    result = {
+        "scene": str(args.scene),
+        "backend": backend,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "warmup_steps": args.warmup,
+        "warmup_seconds": warm_s,
+        "median_step_ms": statistics.median(step_ms),
+        "median_samples": statistics.median(samples),
+        "samples_per_second": statistics.median(samples) / (statistics.median(step_ms) / 1e3),
+        "stages_ms": {k: statistics.median(v) for k, v in timer.times.items()},
+        "n_rays_last": trainer.n_rays,
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
