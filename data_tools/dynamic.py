@@ -62,9 +62,9 @@ from data_tools.generate import (
     progress_bar,
     random_azimuth_offset,
     readme_text,
+    render_views_to_png,
     staged_output,
     write_bytes,
-    write_png,
 )
 from data_tools.render_mesh import DEFAULT_AMBIENT, DEFAULT_DIFFUSE, DEFAULT_LIGHT_DIR, MeshRenderer
 
@@ -315,13 +315,20 @@ def generate_dynamic_sequence(
                 renderer = MeshRenderer(
                     posed, light_dir=light_dir, ambient=ambient, diffuse=diffuse, albedo=prepared.albedo
                 )
-                entries = []
-                for i, (cam, split) in enumerate(zip(cameras_for_frame(k), splits, strict=True)):
-                    out = renderer.render(cam.K, cam.c2w, width, height, supersample)
-                    rel = f"images/{k:04d}/{i:04d}.png"
-                    write_png(tmp / rel, out.rgba)
-                    entries.append(neus2_frame(rel, cam, "test" if split == "test" else None))
-                    advance()
+                cams = cameras_for_frame(k)
+                rels = [f"images/{k:04d}/{i:04d}.png" for i in range(len(cams))]
+                render_views_to_png(
+                    renderer,
+                    [(c, tmp / r) for c, r in zip(cams, rels, strict=True)],
+                    width,
+                    height,
+                    supersample,
+                    advance,
+                )
+                entries = [
+                    neus2_frame(rel, cam, "test" if split == "test" else None)
+                    for rel, cam, split in zip(rels, cams, splits, strict=True)
+                ]
                 write_bytes(tmp / f"{k:04d}.json", dump_json(neus2_json(entries, width, height, norm)))
                 gt_k = trimesh.Trimesh(vertices=world_gt[k], faces=prepared.gt_mesh.faces, process=False)
                 write_bytes(tmp / "gt" / f"mesh_{k:04d}.ply", mesh_ply_bytes(gt_k))

@@ -369,6 +369,20 @@ def staged_output(out_dir: str | Path, overwrite: bool) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def render_views_to_png(renderer, jobs, width: int, height: int, supersample: int, advance) -> None:
+    """Render ``jobs`` [(CameraPose, png path)] in parallel threads (the ray casts and PNG encoding
+    release the GIL); each view depends only on its camera, so the bytes do not depend on the order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(job) -> None:
+        cam, path = job
+        write_png(path, renderer.render(cam.K, cam.c2w, width, height, supersample).rgba)
+
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(one, jobs):
+            advance()
+
+
 @contextlib.contextmanager
 def progress_bar(enabled: bool, total: int, description: str):
     """Yield ``advance()``: a rich progress bar when enabled, a no-op otherwise."""
@@ -512,12 +526,9 @@ def generate_static_scene(
     with staged_output(out_dir, overwrite) as tmp:
         with progress_bar(progress, n_views + n_test, f"rendering {Path(out_dir).name}") as advance:
             for split, cams in splits.items():
-                paths = []
-                for i, cam in enumerate(cams):
-                    out = renderer.render(cam.K, cam.c2w, width, height, supersample)
-                    write_png(tmp / split / f"{i:04d}.png", out.rgba)
-                    paths.append(f"{split}/{i:04d}" + (".png" if convention == "neus2" else ""))
-                    advance()
+                paths = [f"{split}/{i:04d}" + (".png" if convention == "neus2" else "") for i in range(len(cams))]
+                jobs = [(cam, tmp / split / f"{i:04d}.png") for i, cam in enumerate(cams)]
+                render_views_to_png(renderer, jobs, width, height, supersample, advance)
                 if convention == "neus2":
                     doc = neus2_json([neus2_frame(p, c) for p, c in zip(paths, cams, strict=True)], width, height, norm)
                 else:

@@ -138,7 +138,7 @@ class OutputConfig:
     """Drop connected components with fewer than this fraction of the largest one's faces (0 keeps all)."""
     render_test_views: int = 8
     """Render at most this many test views for metrics (0 = none)."""
-    render_chunk: int = 4096
+    render_chunk: int = 32768
     """Rays per rendering chunk."""
 
 
