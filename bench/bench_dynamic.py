@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--translation", type=float, default=0.05, help="object diameters per frame")
     ap.add_argument("--deformation", default="twist", choices=["none", "bend", "twist"])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--eval-points", type=int, default=200_000)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -158,7 +159,7 @@ def main() -> None:
         overrides=args.overrides,
         rotation_deg=args.rotation,
         translation=args.translation,
-        deformation=None if args.deformation == "none" else args.deformation,
+        deformation=None if args.deformation == "none" else args.deformation, eval_points=args.eval_points,
     )
     print(json.dumps({k: v for k, v in result.items() if k not in ("frames", "motion_errors")}, indent=2))
     write_json(args.json or args.out / f"result_{args.mode}.json", result)

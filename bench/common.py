@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -22,6 +23,8 @@ def card_name() -> str:
 
 
 def git_commit() -> str:
+    if os.environ.get("NEUS2_COMMIT"):  # machines that get the tree without .git (the GPU runner)
+        return os.environ["NEUS2_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
         return out.stdout.strip() or "unknown"
