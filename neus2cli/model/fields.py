@@ -125,7 +125,9 @@ class NeuSModel(nn.Module):
         differentiated w.r.t. the parameters (double backward).
         """
         with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
+            # Keep x's own graph when it has one: the dynamic global transform learns through it.
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
             sdf, outputs = self.sdf_net(x)
             (grad,) = torch.autograd.grad(sdf, x, torch.ones_like(sdf), create_graph=create_graph)
         return sdf, grad, outputs
