@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,12 +38,16 @@ def motion_errors(run_dir: Path, scene_dir: Path, object_size: float) -> list[di
         w2c = np.asarray(json.loads(path.read_text())["world_to_canonical"])
         truth = np.linalg.inv(np.asarray(item["world_from_canonical"]))
         err = w2c @ np.linalg.inv(truth)
+        centre = trimesh.load(scene_dir / "gt" / f"mesh_{k:04d}.ply").vertices.mean(axis=0)
         out.append(
             {
                 "frame": k,
                 "rotation_error_deg": rotation_angle_deg(err[:3, :3]),
-                # Compare where the two transforms send the object's centre (the origin of the world frame).
-                "translation_error_fraction": float(np.linalg.norm(w2c[:3, 3] - truth[:3, 3]) / object_size),
+                # Compare where the two transforms send the object's centre in frame k (at a far-away origin a
+                # rotation error alone would show up as translation).
+                "translation_error_fraction": float(
+                    np.linalg.norm((w2c[:3, :3] - truth[:3, :3]) @ centre + w2c[:3, 3] - truth[:3, 3]) / object_size
+                ),
             }
         )
     return out
@@ -159,7 +164,8 @@ def main() -> None:
         overrides=args.overrides,
         rotation_deg=args.rotation,
         translation=args.translation,
-        deformation=None if args.deformation == "none" else args.deformation, eval_points=args.eval_points,
+        deformation=None if args.deformation == "none" else args.deformation,
+        eval_points=args.eval_points,
     )
     print(json.dumps({k: v for k, v in result.items() if k not in ("frames", "motion_errors")}, indent=2))
     write_json(args.json or args.out / f"result_{args.mode}.json", result)

@@ -156,6 +156,9 @@ class DynamicConfig:
     """Steps of the transform-only phase."""
     global_movement_lr: float = 5e-3
     """Adam learning rate of the rigid transform."""
+    joint_movement_lr_factor: float = 0.1
+    """Learning-rate factor of the rigid transform while the field trains too (0 freezes it). Below 1
+    because Adam at the full rate keeps the pose jittering by about a step size (~0.3 degree per step)."""
     max_retries: int = 2
     """Retries of a diverged frame (each doubles the global-movement phase)."""
 

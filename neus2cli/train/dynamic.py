@@ -117,7 +117,10 @@ class DynamicRun:
         trainer.model.load_state_dict(prev_model)
         trainer.reset_optimizer()
         trainer.bank = bank
-        trainer.set_ray_transform(FrameToCanonical(self.accumulated).to(self.device), lr=d.global_movement_lr)
+        pose_steps = global_steps if d.predict_global_movement else 0
+        trainer.set_ray_transform(
+            FrameToCanonical(self.accumulated).to(self.device), lr=d.global_movement_lr, pose_steps=pose_steps
+        )
         # The reset grid is rebuilt from the previous field before anything samples it.
         trainer.update_grid(0, force_full=True)
         if d.predict_global_movement and global_steps > 0:
@@ -125,6 +128,8 @@ class DynamicRun:
             trainer.run(global_steps, description=f"frame {name} (pose)", progress=self.progress)
             trainer.freeze_field = False
             trainer.step = 0
+        for group in trainer.transform_optimizer.param_groups:
+            group["lr"] = d.global_movement_lr * d.joint_movement_lr_factor
         trainer.run(joint_steps, description=f"frame {name}", progress=self.progress)
         return trainer
 

@@ -136,6 +136,7 @@ class NeuSTrainer:
         self.bank: PixelBank | None = None
         self.ray_transform: nn.Module | None = None
         self.transform_optimizer: torch.optim.Optimizer | None = None
+        self.pose_steps, self.pose_lr = 0, 0.0
         self.step = 0
         self.total_steps = cfg.train.steps
         self.n_rays = cfg.sampling.initial_rays
@@ -157,11 +158,22 @@ class NeuSTrainer:
     def reset_grid(self) -> None:
         self.grid = make_occupancy_grid(self.backend, UNIT_CUBE, self.cfg.sampling.grid_resolution).to(self.device)
 
-    def set_ray_transform(self, module: nn.Module | None, lr: float = 5e-3) -> None:
+    def set_ray_transform(self, module: nn.Module | None, lr: float = 5e-3, pose_steps: int = 0) -> None:
+        """Train ``module`` (rays of this frame -> canonical frame) with its own Adam at ``lr``.
+
+        ``pose_steps``: length of the pose-only phase (``freeze_field``); its second half decays the
+        rate to a tenth (cosine), so the pose settles instead of ending on Adam's step-size jitter.
+        """
         self.ray_transform = module
+        self.pose_steps, self.pose_lr = pose_steps, lr
         self.transform_optimizer = (
             torch.optim.Adam(module.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-15) if module is not None else None
         )
+
+    def _decay_pose_lr(self) -> None:
+        frac = min(1.0, max(0.0, (self.step / self.pose_steps - 0.5) * 2.0))
+        for group in self.transform_optimizer.param_groups:
+            group["lr"] = self.pose_lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * frac)))
 
     # ----------------------------------------------------------------- one step
     @torch.no_grad()
@@ -245,6 +257,8 @@ class NeuSTrainer:
                 self.optimizer.step()
                 self.ema.update()
             if self.transform_optimizer is not None:
+                if self.freeze_field and self.pose_steps > 0:
+                    self._decay_pose_lr()
                 self.transform_optimizer.step()
         mse = ((out.rgb.detach() - target) ** 2).mean()
         if out.n_samples > 0:

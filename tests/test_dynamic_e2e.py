@@ -1,0 +1,149 @@
+"""Dynamic training end to end on the CPU: large rigid motion recovered, per-frame mode, resume, deltas."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from neus2cli.config import resolve_config
+from neus2cli.train.dynamic import DynamicRun, train_dynamic
+from neus2cli.train.rigid import rotation_angle_deg
+from neus2cli.train.trainer import TrainingInterrupted
+from tests.scenes import dynamic_scene
+
+CPU_SETTINGS = ["backend=torch", "sampling.grid_resolution=32"]
+
+
+@pytest.fixture(scope="module")
+def sequence(tmp_path_factory):
+    # 128 px: at 64 px one pixel at the object's rim is ~2 degrees of rotation, the tolerance itself.
+    return dynamic_scene(tmp_path_factory.mktemp("seq") / "lumpy", frames=3, views=20, size=128)
+
+
+@pytest.fixture(scope="module")
+def incremental(sequence, tmp_path_factory):
+    torch.manual_seed(0)
+    # 200 pose-only steps instead of the default 100: with the CPU's ~1.5k rays per batch the pose
+    # estimate needs more batches to average out (100 steps landed between 1.5 and 3.6 degrees).
+    cfg = resolve_config(
+        "fast", [*CPU_SETTINGS, "first_frame_steps=300", "next_frame_steps=250", "global_movement_steps=200"]
+    )
+    return train_dynamic(sequence, cfg, tmp_path_factory.mktemp("runs") / "inc", progress=False)
+
+
+@pytest.mark.slow
+def test_large_rigid_motion_is_recovered(incremental, sequence):
+    run_dir, metrics = incremental
+    motion = json.loads((sequence / "gt" / "motion.json").read_text())
+    object_size = 2 * motion["object_radius"]
+    for item in motion["frames"]:
+        k = item["index"]
+        w2c = np.asarray(
+            json.loads((run_dir / "frames" / f"{k:04d}" / "transform.json").read_text())["world_to_canonical"]
+        )
+        truth = np.linalg.inv(np.asarray(item["world_from_canonical"]))
+        rot_err = rotation_angle_deg(w2c[:3, :3] @ truth[:3, :3].T)
+        # Translation is judged where the object is (its centroid in frame k): at a far-away origin a
+        # rotation error alone would show up as translation.
+        centre = trimesh.load(sequence / "gt" / f"mesh_{k:04d}.ply").vertices.mean(axis=0)
+        trans_err = np.linalg.norm((w2c[:3, :3] - truth[:3, :3]) @ centre + w2c[:3, 3] - truth[:3, 3]) / object_size
+        # The issue's bounds: 20 degrees and a fifth of the object per frame recovered to < 2 degrees, < 2 %.
+        assert rot_err < 2.0, (k, rot_err)
+        assert trans_err < 0.02, (k, trans_err)
+    assert [f["index"] for f in metrics["frames"]] == [0, 1, 2]
+    assert all(f["retries"] == 0 for f in metrics["frames"])
+
+
+@pytest.mark.slow
+def test_each_frame_mesh_is_close_to_its_truth(incremental, sequence):
+    from bench.common import chamfer_fraction
+
+    run_dir, _ = incremental
+    for k in range(3):
+        q = chamfer_fraction(
+            run_dir / "frames" / f"{k:04d}" / "mesh.ply", sequence / "gt" / f"mesh_{k:04d}.ply", 1.0, n_points=20_000
+        )
+        # One export cell (96^3 lattice, radius -> 0.45) is 2.3 % of the radius; frames after the first train
+        # 150 steps only, so allow two cells.
+        assert q["chamfer_fraction_of_radius"] < 0.05, (k, q)
+
+
+@pytest.mark.slow
+def test_output_contract_and_frame_rebuild(incremental, tmp_path):
+    from neus2cli.export.runs import export_run_mesh
+
+    run_dir, metrics = incremental
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert [f["index"] for f in saved["frames"]] == [0, 1, 2] and all(f["seconds"] > 0 for f in saved["frames"])
+    for k in range(3):
+        fdir = run_dir / "frames" / f"{k:04d}"
+        assert (fdir / "mesh.ply").is_file() and (fdir / "field.npz").is_file()
+        assert np.asarray(json.loads((fdir / "transform.json").read_text())["world_to_canonical"]).shape == (4, 4)
+    # Later frames are deltas against the previous one and cost much less than the first.
+    assert saved["frames"][2]["stored_bytes"] < 0.5 * saved["frames"][0]["stored_bytes"]
+    # Frame 2 rebuilt from frame 0 + two deltas gives the mesh that training wrote (same lattice size).
+    cfg = json.loads((run_dir / "config.json").read_text())
+    out = export_run_mesh(
+        run_dir,
+        frame=2,
+        resolution=cfg["output"]["mesh_resolution"],
+        out=tmp_path / "f2.ply",
+        backend="torch",
+        min_component_fraction=cfg["output"]["remove_floaters"],
+    )
+    rebuilt, stored = trimesh.load(out), trimesh.load(run_dir / "frames" / "0002" / "mesh.ply")
+    assert len(rebuilt.faces) == len(stored.faces)
+    np.testing.assert_allclose(np.sort(rebuilt.vertices, axis=0), np.sort(stored.vertices, axis=0), atol=1e-5)
+
+
+TINY = [
+    *CPU_SETTINGS,
+    "first_frame_steps=8",
+    "next_frame_steps=6",
+    "global_movement_steps=2",
+    "output.mesh_resolution=24",
+    "sampling.target_samples=2048",
+]
+
+
+def test_per_frame_mode_runs(sequence, tmp_path):
+    run_dir, metrics = train_dynamic(
+        sequence, resolve_config("fast", TINY), tmp_path / "pf", mode="per-frame", frames="0:2", progress=False
+    )
+    assert [f["index"] for f in metrics["frames"]] == [0, 1]
+    for k in (0, 1):
+        t = json.loads((run_dir / "frames" / f"{k:04d}" / "transform.json").read_text())
+        np.testing.assert_allclose(t["world_to_canonical"], np.eye(4))  # every frame is its own canonical frame
+
+
+def test_resume_continues_after_the_last_finished_frame(sequence, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real = DynamicRun.train_frame
+    calls = []
+
+    def stop_at_frame_2(self, index, scene, first):
+        calls.append(index)
+        if index == 2 and len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, index, scene, first)
+
+    monkeypatch.setattr(DynamicRun, "train_frame", stop_at_frame_2)
+    with pytest.raises(TrainingInterrupted):
+        train_dynamic(sequence, resolve_config("fast", TINY), out, progress=False)
+    first_mesh = (out / "frames" / "0000" / "mesh.ply").stat().st_mtime_ns
+    assert not (out / "frames" / "0002").exists()
+    _, metrics = train_dynamic(sequence, resolve_config("fast", TINY), out, resume=True, progress=False)
+    assert calls == [0, 1, 2, 2]  # only frame 2 was trained again
+    assert [f["index"] for f in metrics["frames"]] == [0, 1, 2]
+    assert (out / "frames" / "0000" / "mesh.ply").stat().st_mtime_ns == first_mesh
+
+
+def test_bad_frame_range_is_a_user_error(sequence, tmp_path):
+    from neus2cli.errors import UserError
+
+    with pytest.raises(UserError, match="frames"):
+        train_dynamic(sequence, resolve_config("fast", TINY), tmp_path / "x", frames="5:9", progress=False)
