@@ -141,3 +141,34 @@ def test_existing_output_is_not_overwritten(scene, tmp_path):
     proc = _cli("train", str(scene), "--out", str(out), "--backend", "torch", "--steps", "1")
     assert proc.returncode == 2 and "--force" in proc.stderr
     assert (out / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.slow
+def test_evaluate_run_renders_held_out_views(trained):
+    run_dir, metrics = trained
+    proc = _cli("evaluate", str(run_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["n_views"] == 2
+    # Same renders, same metric as training's own metrics.json (all test views, white background).
+    assert result["mean"]["psnr"] == pytest.approx(metrics["psnr_test"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_evaluate_mesh_against_truth_json(trained, scene):
+    run_dir, _ = trained
+    proc = _cli(
+        "evaluate",
+        str(run_dir / "mesh.ply"),
+        "--gt",
+        str(scene / "gt_mesh.ply"),
+        "--json",
+        "--n-points",
+        "20000",
+        "--threshold",
+        "0.02",
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert {"accuracy", "completeness", "chamfer", "fscore"} <= set(result)
+    assert result["chamfer"] < 0.035  # the same bound as test_mesh_is_close_to_the_truth (radius 1)

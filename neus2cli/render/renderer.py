@@ -50,6 +50,7 @@ def render_rays(
     early_stop_eps: float = 1e-4,
     train: bool = False,
     cos_anneal_ratio: float = 1.0,
+    alpha_thre: float = 0.0,
 ) -> RenderOutput:
     """Render packed rays.
 
@@ -64,6 +65,7 @@ def render_rays(
         early_stop_eps: stop a ray once its transmittance is below this.
         train: jitter samples (stratified) and keep the graph for the eikonal double backward.
         cos_anneal_ratio: NeuS cosine annealing ratio (1 = off).
+        alpha_thre: drop samples whose pre-pass alpha is below this (nerfacc semantics); 0 keeps all.
     """
     n_rays = rays_o.shape[0]
     inv_s = model.inv_s
@@ -93,6 +95,7 @@ def render_rays(
             alpha_fn=alpha_fn,
             render_step_size=step_size,
             early_stop_eps=early_stop_eps,
+            alpha_thre=alpha_thre,
             stratified=train,
         )
     n_samples = int(ray_indices.shape[0])
@@ -128,8 +131,12 @@ def render_image_rays(
     bg_color: torch.Tensor,
     chunk: int = 4096,
     early_stop_eps: float = 1e-4,
+    alpha_thre: float = 1e-4,
 ) -> dict[str, torch.Tensor]:
     """Render many rays in chunks without keeping graphs.
+
+    Samples with alpha below ``alpha_thre`` are skipped (each would add less than that to a pixel),
+    which keeps the shell of low-opacity samples around a young surface from dominating the cost.
 
     Returns ``rgb`` (n, 3), ``opacity`` (n,), ``depth`` (n,), ``normal`` (n, 3), detached.
     """
@@ -144,6 +151,7 @@ def render_image_rays(
             bg_color=bg_color,
             early_stop_eps=early_stop_eps,
             train=False,
+            alpha_thre=alpha_thre,
         )
         for key in parts:
             parts[key].append(getattr(out, key).detach())
