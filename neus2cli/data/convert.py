@@ -21,8 +21,6 @@ is not a scene, for NeuS2 or for us.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,18 +31,7 @@ from neus2cli.data.images import load_view_rgba, map_views
 from neus2cli.data.loader import load_scene
 from neus2cli.data.scene import View
 from neus2cli.errors import UserError
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then move the result onto ``path`` (no half-written files)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from neus2cli.io import atomic_write
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -53,14 +40,14 @@ def write_json_atomic(path: Path, data: dict) -> None:
     def write(tmp: Path) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
-    _atomic_write_bytes(path, write)
+    atomic_write(path, write)
 
 
 def write_png_atomic(path: Path, image: np.ndarray) -> None:
     """Write an (H, W, C) uint8 image as PNG to ``path`` atomically."""
     import imageio.v3 as iio
 
-    _atomic_write_bytes(path, lambda tmp: iio.imwrite(tmp, image, extension=".png"))
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, image, extension=".png"))
 
 
 def neus_cameras_sphere_frame(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
