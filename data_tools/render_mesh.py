@@ -35,7 +35,9 @@ DEFAULT_DIFFUSE = 0.65
 
 def embree_available() -> bool:
     """True when trimesh can use Embree (``embreex``) for ray casting."""
+    # trimesh's own module imports even without embreex (it defers the failure), so ask for embreex itself.
     try:
+        import embreex  # noqa: F401
         from trimesh.ray import ray_pyembree  # noqa: F401
     except ImportError:
         return False
