@@ -78,7 +78,7 @@ def test_each_frame_mesh_is_close_to_its_truth(incremental, sequence):
 
 @pytest.mark.slow
 def test_output_contract_and_frame_rebuild(incremental, tmp_path):
-    from neus2cli.export.runs import export_run_mesh
+    from neus2cli.train.run_mesh import export_run_mesh
 
     run_dir, metrics = incremental
     saved = json.loads((run_dir / "metrics.json").read_text())

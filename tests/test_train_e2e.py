@@ -28,7 +28,7 @@ def scene(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(scene, tmp_path_factory):
     torch.manual_seed(0)
-    cfg = resolve_config("fast", CPU_SETTINGS, **{"train.steps": 300})
+    cfg = resolve_config("fast", CPU_SETTINGS, **{"train.steps": 400})
     run_dir, metrics = train_static(scene, cfg, tmp_path_factory.mktemp("runs") / "run", progress=False)
     return run_dir, metrics
 
@@ -40,8 +40,9 @@ def test_mesh_is_close_to_the_truth(trained, scene):
     run_dir, _ = trained
     q = chamfer_fraction(run_dir / "mesh.ply", scene / "gt_mesh.ply", radius=1.0, n_points=20_000)
     # The export lattice is 96^3 over the unit cube and the object's radius maps to 0.45, so one
-    # lattice cell is 1/95/0.45 = 2.3% of the radius; 300 CPU steps on 64 px images get the surface
-    # to about one cell (measured ~1.5-2%). 3.5% fails a mesh that is off by 1.5 cells or more.
+    # lattice cell is 1/95/0.45 = 2.3% of the radius; 400 CPU steps on 64 px images get the surface
+    # to about one cell (measured 2.4%; 2.7-2.9% after 300 steps). 3.5% fails a mesh that is off by 1.5 cells or more.
+    print(f"Chamfer {100 * q['chamfer_fraction_of_radius']:.2f} % of the radius")
     assert q["chamfer_fraction_of_radius"] < 0.035, q
     mesh = trimesh.load(run_dir / "mesh.ply")
     assert mesh.is_watertight and mesh.volume > 0
@@ -57,12 +58,12 @@ def test_output_contract(trained):
     assert any((run_dir / "renders").glob("*.png"))
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert {"psnr_test", "train_seconds", "steps", "backend"} <= set(saved)
-    assert saved["steps"] == 300 and saved["backend"] == "torch"
+    assert saved["steps"] == 400 and saved["backend"] == "torch"
     assert saved["psnr_test"] > 20  # white background dominates; an untrained model renders ~11 dB here
     cfg = json.loads((run_dir / "config.json").read_text())
-    assert cfg["train"]["steps"] == 300 and cfg["backend"] == "torch"
+    assert cfg["train"]["steps"] == 400 and cfg["backend"] == "torch"
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-    assert ckpt["trainer"]["step"] == 300 and "grid" in ckpt["trainer"] and "ema" in ckpt["trainer"]
+    assert ckpt["trainer"]["step"] == 400 and "grid" in ckpt["trainer"] and "ema" in ckpt["trainer"]
 
 
 @pytest.mark.slow

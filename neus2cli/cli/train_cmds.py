@@ -122,7 +122,7 @@ def export_mesh(
     backend: BackendChoice = typer.Option(BackendChoice.auto, "--backend", help="Compute path."),
 ) -> None:
     """Extract a coloured, watertight mesh in the scene's world coordinates."""
-    from neus2cli.export.runs import export_run_mesh
+    from neus2cli.train.run_mesh import export_run_mesh
 
     path = export_run_mesh(
         checkpoint,

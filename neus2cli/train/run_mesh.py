@@ -1,4 +1,4 @@
-"""`neus2 export-mesh`: a mesh file from a static checkpoint or a frame of a dynamic run."""
+"""`neus2 export-mesh`: a mesh file from a static checkpoint or a frame of a dynamic run (run-level export)."""
 
 from __future__ import annotations
 
