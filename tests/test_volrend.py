@@ -17,7 +17,6 @@ from neus2cli.render.volrend import (
     render_transmittance_from_density,
     render_visibility_from_alpha,
     render_weight_from_alpha,
-    render_weights_from_alpha,
 )
 from tests.conftest import requires_cuda
 
@@ -69,7 +68,7 @@ def test_nerfacc_docstring_example():
     # The worked example of nerfacc's render_weight_from_alpha docstring.
     alphas = torch.tensor([0.4, 0.8, 0.1, 0.8, 0.1, 0.0, 0.9])
     ray_indices = torch.tensor([0, 0, 0, 1, 1, 2, 2])
-    weights, trans = render_weights_from_alpha(alphas, ray_indices=ray_indices)
+    weights, trans = render_weight_from_alpha(alphas, ray_indices=ray_indices)
     # float32 products of at most 3 factors: 1e-6 covers their rounding.
     torch.testing.assert_close(weights, torch.tensor([0.4, 0.48, 0.012, 0.8, 0.02, 0.0, 0.9]), atol=1e-6, rtol=0)
     torch.testing.assert_close(trans, torch.tensor([1.0, 0.6, 0.12, 1.0, 0.2, 1.0, 1.0]), atol=1e-6, rtol=0)

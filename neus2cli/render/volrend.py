@@ -40,7 +40,6 @@ __all__ = [
     "render_visibility_from_alpha",
     "render_visibility_from_density",
     "render_weight_from_alpha",
-    "render_weights_from_alpha",
 ]
 
 
@@ -223,10 +222,6 @@ def render_weight_from_alpha(
     """
     trans = render_transmittance_from_alpha(alphas, packed_info, ray_indices, n_rays, impl=impl)
     return trans * alphas, trans
-
-
-# The plural name other neus2cli modules use; nerfacc spells it ``render_weight_from_alpha``.
-render_weights_from_alpha = render_weight_from_alpha
 
 
 def render_transmittance_from_density(

@@ -280,7 +280,7 @@ def train_dynamic(
 ) -> tuple[Path, dict]:
     """Train a sequence frame by frame; returns (run folder, metrics). See the module docstring."""
     from neus2cli.train.checkpoint import load_checkpoint
-    from neus2cli.train.static import _prepare_run_dir, default_run_dir
+    from neus2cli.train.static import default_run_dir, prepare_run_dir
 
     if mode not in ("incremental", "per-frame"):
         raise UserError(f"--mode must be 'incremental' or 'per-frame', got '{mode}'.")
@@ -297,7 +297,7 @@ def train_dynamic(
         mode, indices = run_info["mode"], run_info["frames"]
         state = load_checkpoint(out_dir / "state" / "last.pt")
     else:
-        _prepare_run_dir(out_dir, resume=False, force=force)
+        prepare_run_dir(out_dir, resume=False, force=force)
     backend = backends.resolve_backend(cfg.backend)
     device = pick_device(backend)
     normalization = sequence.frames[indices[0]].normalization

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -23,6 +25,4 @@ def mask_bce(opacity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def psnr_from_mse(mse: float) -> float:
-    import math
-
     return -10.0 * math.log10(max(mse, 1e-12))

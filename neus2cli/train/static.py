@@ -43,7 +43,7 @@ def pick_device(backend: str) -> torch.device:
     return torch.device("cuda" if backend == "tcnn" or torch.cuda.is_available() else "cpu")
 
 
-def _prepare_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
+def prepare_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
     if resume:
         if not (out_dir / "checkpoint.pt").exists():
             raise UserError(
@@ -207,7 +207,7 @@ def train_static(
     if resume:
         if out_dir is None:
             raise UserError("--resume needs --out pointing at the run folder to continue.")
-        _prepare_run_dir(out_dir, resume=True, force=False)
+        prepare_run_dir(out_dir, resume=True, force=False)
         ckpt = load_checkpoint(out_dir / "checkpoint.pt")
         cfg = config_from_dict(ckpt["config"], str(out_dir / "checkpoint.pt"))
         if steps is not None:
@@ -219,7 +219,8 @@ def train_static(
         raise UserError("the scene has no training views.", path=scene.root, hint="Check the split of the scene files.")
     if out_dir is None:
         out_dir = default_run_dir(scene.name)
-    _prepare_run_dir(out_dir, resume=resume, force=force)
+    if not resume:  # a resumed run folder was checked above
+        prepare_run_dir(out_dir, resume=False, force=force)
 
     backend = ckpt["backend"] if ckpt is not None else backends.resolve_backend(cfg.backend)
     device = pick_device(backend)
