@@ -1,10 +1,13 @@
 """Where does a training step's time go? Times each stage of NeuS2 steps on a scene.
 
-    python bench/profile_step.py SCENE [--config dtu] [--backend auto] [--steps 300] [--warmup 200]
+    python bench/profile_step.py SCENE [--config dtu] [--backend auto] [--steps 300] [--warmup 200] [--trace 20]
 
 Stages: ray batch, occupancy update, sampling (incl. the alpha pre-pass), SDF + gradient,
 colour + compositing + loss, backward, optimiser + EMA. GPU stages are timed with CUDA
 events after a synchronising warm-up; numbers are medians over the timed steps.
+``--trace N`` also runs N steps under ``torch.profiler`` and prints the top operators by
+device and by host time, and how busy the device was (kernel time / wall time): a step
+whose device is idle most of the time is bound by Python and kernel launches, not by maths.
 """
 
 from __future__ import annotations
@@ -49,6 +52,36 @@ class StageTimer:
         self._marks = []
 
 
+def trace_steps(trainer: NeuSTrainer, n_steps: int, top: int = 25) -> dict:
+    """Run ``n_steps`` under torch.profiler; print operator tables, return the device-busy figures."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = trainer.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(n_steps):
+            trainer.train_step()
+        if cuda:
+            torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - t0) * 1e3 / n_steps
+    events = prof.key_averages()
+    device_key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    print(events.table(sort_by=device_key, row_limit=top, max_name_column_width=60))
+    print(events.table(sort_by="cpu_time_total", row_limit=top, max_name_column_width=60))
+    kernel_us = sum(getattr(e, "self_device_time_total", 0.0) for e in events) if cuda else 0.0
+    n_kernels = sum(e.count for e in events if getattr(e, "self_device_time_total", 0.0) > 0) if cuda else 0
+    return {
+        "steps": n_steps,
+        "wall_ms_per_step": wall_ms,
+        "kernel_ms_per_step": kernel_us / 1e3 / n_steps,
+        "device_busy_fraction": (kernel_us / 1e3 / n_steps) / wall_ms if cuda else None,
+        "kernels_per_step": n_kernels / n_steps,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("scene", type=Path)
@@ -57,6 +90,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--trace", type=int, default=0, help="profile this many steps with torch.profiler")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -74,6 +108,8 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     warm_s = time.perf_counter() - t0
+
+    trace = trace_steps(trainer, args.trace) if args.trace > 0 else None
 
     # Monkey-patched stage marks: wrap the pieces train_step calls.
     import neus2cli.render.renderer as renderer_mod
@@ -144,6 +180,7 @@ def main() -> None:
         "samples_per_second": statistics.median(samples) / (statistics.median(step_ms) / 1e3),
         "stages_ms": {k: statistics.median(v) for k, v in timer.times.items()},
         "n_rays_last": trainer.n_rays,
+        "trace": trace,
     }
     print(json.dumps(result, indent=2))
     if args.json:
