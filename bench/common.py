@@ -116,10 +116,20 @@ def markdown_section(result: dict) -> str:
         "|---|---|",
     ]
     lines += [f"| {label} | {_fmt(result.get(key))} |" for key, label in rows]
+    phases = result.get("mean_phase_seconds_after_first") or {}
+    if phases:
+        split = ", ".join(f"{name} {_fmt(sec)}" for name, sec in phases.items())
+        lines += [f"| later frame, seconds by phase | {split} |"]
     if kind == "dynamic":
-        lines += ["", "| frame | seconds | stored bytes | Chamfer / radius |", "|---|---|---|---|"]
+        motion = {m["frame"]: m for m in result.get("motion_errors") or []}
         lines += [
-            f"| {f['index']} | {_fmt(f['seconds'])} | {f['stored_bytes']} | {_fmt(f['chamfer_fraction_of_radius'])} |"
+            "",
+            "| frame | seconds | stored bytes | Chamfer / radius | rotation error (deg) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {f['index']} | {_fmt(f['seconds'])} | {f['stored_bytes']} | {_fmt(f['chamfer_fraction_of_radius'])} "
+            f"| {_fmt(motion.get(f['index'], {}).get('rotation_error_deg'))} |"
             for f in result["frames"]
         ]
     return "\n".join(lines) + "\n"

@@ -161,6 +161,11 @@ class DynamicConfig:
     because Adam at the full rate keeps the pose jittering by about a step size (~0.3 degree per step)."""
     max_retries: int = 2
     """Retries of a diverged frame (each doubles the global-movement phase)."""
+    center_on_masks: bool = True
+    """Shift the normalized frame (same scale) so the object, located by the visual hull of the masks,
+    sits at the cube centre: the first frame's in incremental mode (the canonical frame every later
+    frame is mapped into), each frame's own in per-frame mode. A sequence's normalization usually spans
+    the whole motion, which leaves the first frame's object near a face of the cube."""
 
 
 @dataclass

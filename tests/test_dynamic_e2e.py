@@ -52,11 +52,10 @@ def test_large_rigid_motion_is_recovered(incremental, sequence):
         centre = trimesh.load(sequence / "gt" / f"mesh_{k:04d}.ply").vertices.mean(axis=0)
         trans_err = np.linalg.norm((w2c[:3, :3] - truth[:3, :3]) @ centre + w2c[:3, 3] - truth[:3, 3]) / object_size
         # The issue asks for < 2 degrees and < 2 % after 20 degrees and a fifth of the object per frame.
-        # Translation meets it with margin (measured 0.4-0.7 %); rotation landed between 0.45 and 2.1 degrees
-        # over repeated CPU runs (CPU float reductions are not bit-reproducible across runs), so the test
-        # holds 3 degrees until the pose estimate is made steadier (see the dynamic issue's notes).
+        # Rotating each frame's delta about the object (not the cube centre) steadied the estimate:
+        # 0.46-1.19 degrees over four CPU runs (it was 0.45-2.1 about the cube centre).
         print(f"frame {k}: rotation error {rot_err:.2f} deg, translation error {100 * trans_err:.2f} %")
-        assert rot_err < 3.0, (k, rot_err)
+        assert rot_err < 2.0, (k, rot_err)
         assert trans_err < 0.02, (k, trans_err)
     assert [f["index"] for f in metrics["frames"]] == [0, 1, 2]
     assert all(f["retries"] == 0 for f in metrics["frames"])

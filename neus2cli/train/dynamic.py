@@ -27,6 +27,7 @@ import torch
 
 from neus2cli import backends, log
 from neus2cli.config import Config, config_from_dict
+from neus2cli.data.hull import centred_normalization, visual_hull_box
 from neus2cli.data.images import load_images
 from neus2cli.data.loader import load_dynamic_scene
 from neus2cli.data.scene import Normalization, Scene
@@ -82,6 +83,29 @@ def _frame_dir(out_dir: Path, index: int) -> Path:
     return out_dir / "frames" / f"{index:04d}"
 
 
+def occupied_centroid(grid) -> np.ndarray:
+    """(3,) mean centre of the occupied cells of an occupancy grid's first level (its roi frame).
+
+    The cube centre when nothing is occupied.
+    """
+    cells = torch.nonzero(grid.binaries[0]).double()
+    if cells.shape[0] == 0:
+        return np.full(3, 0.5)
+    res = torch.tensor(grid.binaries.shape[1:], dtype=torch.float64, device=cells.device)
+    aabb = grid.aabbs[0].double()
+    centre = aabb[:3] + (cells.mean(dim=0) + 0.5) / res * (aabb[3:] - aabb[:3])
+    return centre.cpu().numpy()
+
+
+def centre_on_object(scene: Scene, images: list[np.ndarray], normalization: Normalization) -> Normalization:
+    """``normalization`` shifted so the visual hull of ``scene``'s masks is centred (unchanged without masks)."""
+    box = visual_hull_box(scene.train_views, images, normalization)
+    if box is None:
+        log.warn(f"{scene.name}: the masks do not locate the object; the normalized frame stays as given.")
+        return normalization
+    return centred_normalization(normalization, box)
+
+
 class DynamicRun:
     """State of one sequence run; ``train_frame`` is the unit of work and of resumption."""
 
@@ -117,12 +141,14 @@ class DynamicRun:
         trainer.model.load_state_dict(prev_model)
         trainer.reset_optimizer()
         trainer.bank = bank
-        pose_steps = global_steps if d.predict_global_movement else 0
-        trainer.set_ray_transform(
-            FrameToCanonical(self.accumulated).to(self.device), lr=d.global_movement_lr, pose_steps=pose_steps
-        )
         # The reset grid is rebuilt from the previous field before anything samples it.
         trainer.update_grid(0, force_full=True)
+        # The delta rotates about the object (as the grid sees it, mapped into the previous frame).
+        pivot = np.linalg.solve(self.accumulated, np.append(occupied_centroid(trainer.grid), 1.0))[:3]
+        pose_steps = global_steps if d.predict_global_movement else 0
+        trainer.set_ray_transform(
+            FrameToCanonical(self.accumulated, pivot).to(self.device), lr=d.global_movement_lr, pose_steps=pose_steps
+        )
         if d.predict_global_movement and global_steps > 0:
             trainer.freeze_field = True
             trainer.run(global_steps, description=f"frame {name} (pose)", progress=self.progress)
@@ -134,12 +160,18 @@ class DynamicRun:
         return trainer
 
     def train_frame(self, index: int, scene: Scene, first: bool) -> dict:
-        """Train, check, store and mesh one frame; retries a diverged frame. Returns its record."""
+        """Train, check, store and mesh one frame; retries a diverged frame. Returns its record.
+
+        ``scene.normalization`` is the run's (incremental mode); per-frame mode may re-centre it.
+        """
         d = self.cfg.dynamic
         t0 = time.perf_counter()
         images = load_images(scene.train_views, progress=False)
+        if self.mode == "per-frame" and d.center_on_masks:
+            scene.normalization = centre_on_object(scene, images, scene.normalization)
         bank = PixelBank(scene.train_views, images, scene.normalization, self.device)
         del images
+        seconds = {"load": time.perf_counter() - t0}
         prev_model = None if self.trainer is None else copy.deepcopy(self.trainer.model.state_dict())
         last_error = None
         for attempt in range(d.max_retries + 1):
@@ -151,7 +183,8 @@ class DynamicRun:
                 else:
                     trainer = self._train_next(bank, f"{index:04d}", prev_model, global_steps)
                 _finalize_ema(trainer)
-                train_seconds = time.perf_counter() - t_train
+                seconds["train"] = time.perf_counter() - t_train
+                t_mesh = time.perf_counter()
                 mesh = mesh_from_trainer(
                     trainer,
                     scene.normalization,
@@ -162,6 +195,7 @@ class DynamicRun:
                 faces = len(mesh.faces)
                 if faces == 0 or (self.prev_faces and self.mode == "incremental" and faces < 0.2 * self.prev_faces):
                     raise DivergenceError(f"the mesh vanished ({faces} faces, previous frame {self.prev_faces})")
+                seconds["mesh"] = time.perf_counter() - t_mesh
                 break
             except DivergenceError as err:
                 last_error = err
@@ -184,6 +218,7 @@ class DynamicRun:
         w2c = world_to_canonical_world(a_norm, scene.normalization)
         mesh.apply_transform(np.linalg.inv(w2c))
 
+        t_store = time.perf_counter()
         fdir = _frame_dir(self.out_dir, index)
         fdir.mkdir(parents=True, exist_ok=True)
         state = field_state(trainer)
@@ -198,16 +233,21 @@ class DynamicRun:
             "translation": w2c[:3, 3].tolist(),
             "units": "world",
             "composition": "A_k = A_{k-1} @ D_k; x_canonical = world_to_canonical @ x_world",
+            # The field's frame: x_field = scale * x_canonical + offset (what export-mesh needs).
+            "normalization": scene.normalization.to_dict(),
         }
         atomic_write_text(fdir / "transform.json", json.dumps(transform_json, indent=2) + "\n")
-        renders = render_views(
-            trainer, scene.test_views, load_images(scene.test_views, progress=False), scene.normalization
-        )
+        seconds["store"] = time.perf_counter() - t_store
+        t_render = time.perf_counter()
+        test_views = scene.test_views[: self.cfg.output.render_test_views]
+        renders = render_views(trainer, test_views, load_images(test_views, progress=False), scene.normalization)
+        seconds["render"] = time.perf_counter() - t_render
         record = {
             "index": index,
             "name": scene.name,
             "seconds": time.perf_counter() - t0,
-            "train_seconds": train_seconds,
+            "train_seconds": seconds["train"],
+            "phase_seconds": seconds,
             "steps": self.cfg.dynamic.first_frame_steps
             if first or self.mode == "per-frame"
             else self.cfg.dynamic.next_frame_steps,
@@ -300,7 +340,13 @@ def train_dynamic(
         prepare_run_dir(out_dir, resume=False, force=force)
     backend = backends.resolve_backend(cfg.backend)
     device = pick_device(backend)
-    normalization = sequence.frames[indices[0]].normalization
+    if state is not None:
+        normalization = Normalization.from_dict(run_info["normalization"])
+    else:
+        normalization = sequence.frames[indices[0]].normalization
+        if mode == "incremental" and cfg.dynamic.center_on_masks:
+            first = sequence.frames[indices[0]]
+            normalization = centre_on_object(first, load_images(first.train_views, progress=False), normalization)
     cfg.save(out_dir / "config.json")
     run_info = {
         "scene": str(Path(scene_dir).resolve()),
@@ -367,6 +413,6 @@ def trainer_for_frame(
     trainer.model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     trainer.grid.binaries.copy_(state["grid.binaries"].to(trainer.grid.binaries.device))
     trainer.ema.shadow = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    normalization = Normalization.from_dict(info["normalization"])
-    w2c = np.asarray(json.loads((_frame_dir(run_dir, frame) / "transform.json").read_text())["world_to_canonical"])
-    return trainer, normalization, np.linalg.inv(w2c)
+    transform = json.loads((_frame_dir(run_dir, frame) / "transform.json").read_text())
+    normalization = Normalization.from_dict(transform.get("normalization", info["normalization"]))
+    return trainer, normalization, np.linalg.inv(np.asarray(transform["world_to_canonical"]))

@@ -29,31 +29,39 @@ def rotation_from_6d(r6: torch.Tensor) -> torch.Tensor:
 
 
 class RigidDelta(nn.Module):
-    """Learned rigid motion about the cube centre: x -> R (x - c) + c + t (normalized frame)."""
+    """Learned rigid motion about a pivot: x -> R (x - p) + p + t (normalized frame).
 
-    def __init__(self, center: float = 0.5):
+    The pivot should be where the object is: rotating about a far-away point couples every
+    rotation to a translation of the object, which the optimiser must then undo.
+    """
+
+    def __init__(self, pivot: float | np.ndarray | torch.Tensor = 0.5):
         super().__init__()
         self.r6 = nn.Parameter(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
         self.translation = nn.Parameter(torch.zeros(3))
-        self.center = center
+        pivot = torch.as_tensor(np.broadcast_to(np.asarray(pivot, dtype=np.float32), (3,)).copy())
+        self.register_buffer("pivot", pivot)
 
     def matrix(self) -> torch.Tensor:
         """(4, 4) homogeneous matrix of the current delta."""
         rot = rotation_from_6d(self.r6)
-        c = torch.full((3,), self.center, device=rot.device, dtype=rot.dtype)
+        p = self.pivot.to(rot)
         m = torch.eye(4, device=rot.device, dtype=rot.dtype)
-        m = m.clone()
         m[:3, :3] = rot
-        m[:3, 3] = c - rot @ c + self.translation
+        m[:3, 3] = p - rot @ p + self.translation
         return m
 
 
 class FrameToCanonical(nn.Module):
-    """Maps rays of the current frame into the canonical frame: ``A_prev @ D`` (D learned)."""
+    """Maps rays of the current frame into the canonical frame: ``A_prev @ D`` (D learned).
 
-    def __init__(self, accumulated_prev: np.ndarray | torch.Tensor):
+    ``pivot``: (3,) where the object is in the previous frame's normalized coordinates (D's
+    rotation centre); default the cube centre.
+    """
+
+    def __init__(self, accumulated_prev: np.ndarray | torch.Tensor, pivot: np.ndarray | float = 0.5):
         super().__init__()
-        self.delta = RigidDelta()
+        self.delta = RigidDelta(pivot)
         self.register_buffer("prev", torch.as_tensor(np.asarray(accumulated_prev), dtype=torch.float32).clone())
 
     def matrix(self) -> torch.Tensor:
