@@ -84,7 +84,7 @@ def test_output_contract_and_frame_rebuild(incremental, tmp_path):
     assert [f["index"] for f in saved["frames"]] == [0, 1, 2] and all(f["seconds"] > 0 for f in saved["frames"])
     for k in range(3):
         fdir = run_dir / "frames" / f"{k:04d}"
-        assert (fdir / "mesh.ply").is_file() and (fdir / "field.npz").is_file()
+        assert (fdir / "mesh.ply").is_file() and (fdir / "field.bin").is_file()
         assert np.asarray(json.loads((fdir / "transform.json").read_text())["world_to_canonical"]).shape == (4, 4)
     # Later frames are deltas against the previous one and cost much less than the first.
     assert saved["frames"][2]["stored_bytes"] < 0.5 * saved["frames"][0]["stored_bytes"]

@@ -11,7 +11,7 @@ Per-frame mode trains every frame from scratch with the static pipeline.
 
 Run folder (``DIR``): ``config.json``, ``run.json``, ``metrics.json``, ``state/last.pt``
 (resume point) and per frame k (4 digits, index in the input sequence)
-``frames/kkkk/{mesh.ply, transform.json, field.npz, metrics.json}``; ``field.npz`` is a
+``frames/kkkk/{mesh.ply, transform.json, field.bin, metrics.json}``; ``field.bin`` is a
 lossless compressed delta against the previous stored frame (``frame_store``).
 """
 
@@ -223,7 +223,7 @@ class DynamicRun:
         fdir.mkdir(parents=True, exist_ok=True)
         state = field_state(trainer)
         keyframe = self.prev_stored is None or self.frames_since_key >= KEYFRAME_EVERY - 1
-        n_bytes = write_frame(fdir / "field.npz", state, None if keyframe else self.prev_stored)
+        n_bytes = write_frame(fdir / "field.bin", state, None if keyframe else self.prev_stored)
         self.frames_since_key = 0 if keyframe else self.frames_since_key + 1
         save_mesh(mesh, fdir / "mesh.ply")
         transform_json = {
@@ -397,7 +397,7 @@ def trainer_for_frame(
     indices = info["frames"]
     if frame not in indices:
         raise UserError(f"frame {frame} is not part of this run (frames {indices[0]}..{indices[-1]}).", path=run_dir)
-    done = [i for i in indices if (_frame_dir(run_dir, i) / "field.npz").exists()]
+    done = [i for i in indices if (_frame_dir(run_dir, i) / "field.bin").exists()]
     if frame not in done:
         raise UserError(f"frame {frame} has not been trained yet.", path=run_dir, hint="Resume the run first.")
     cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
@@ -406,10 +406,10 @@ def trainer_for_frame(
     like = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
     like["grid.binaries"] = trainer.grid.binaries
     chain = done[: done.index(frame) + 1]
-    start = max(i for i, k in enumerate(chain) if is_keyframe((_frame_dir(run_dir, k) / "field.npz").read_bytes()))
+    start = max(i for i, k in enumerate(chain) if is_keyframe((_frame_dir(run_dir, k) / "field.bin").read_bytes()))
     state = None
     for k in chain[start:]:
-        state = decode_frame((_frame_dir(run_dir, k) / "field.npz").read_bytes(), state, like)
+        state = decode_frame((_frame_dir(run_dir, k) / "field.bin").read_bytes(), state, like)
     trainer.model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     trainer.grid.binaries.copy_(state["grid.binaries"].to(trainer.grid.binaries.device))
     trainer.ema.shadow = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
