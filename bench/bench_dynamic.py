@@ -108,7 +108,7 @@ def run_dynamic(
         q = chamfer_fraction(
             run_dir / "frames" / f"{k:04d}" / "mesh.ply", scene_dir / "gt" / f"mesh_{k:04d}.ply", radius, eval_points
         )
-        keys = ("index", "seconds", "train_seconds", "phase_seconds", "stored_bytes", "psnr")
+        keys = ("index", "seconds", "train_seconds", "phase_seconds", "stored_bytes", "psnr_test")
         per_frame.append({**{key: rec[key] for key in keys if key in rec}, **q})
     later = [f["phase_seconds"] for f in per_frame[1:]]
     phases = {name: float(np.mean([p[name] for p in later])) for name in later[0]} if later else {}

@@ -81,6 +81,9 @@ class SamplingConfig:
     """Rays in the first batch."""
     max_rays: int = 2**16
     """Upper bound on rays per batch."""
+    max_samples_factor: int = 4
+    """A batch whose samples exceed this many times ``target_samples`` (the ray count adapts one step
+    late, e.g. after a grid update occupied many cells) trains on its leading rays only, bounding memory."""
 
 
 @dataclass

@@ -83,3 +83,24 @@ def test_gradient_and_double_backward():
 def test_inv_s_starts_at_exp_3():
     model = NeuSModel(SMALL, "torch")
     assert math.isclose(model.inv_s.item(), math.exp(3.0), rel_tol=1e-6)
+
+
+def test_sample_budget_renders_the_leading_rays_unchanged():
+    # A batch over its sample budget keeps its first rays, rendered exactly as without the budget.
+    from neus2cli.render.occupancy import make_occupancy_grid
+    from neus2cli.render.renderer import render_rays
+
+    torch.manual_seed(0)
+    model = NeuSModel(SMALL, "torch")
+    grid = make_occupancy_grid("torch", [0.0, 0.0, 0.0, 1.0, 1.0, 1.0], 16)
+    grid.binaries.fill_(True)
+    n = 32
+    rays_o = torch.tensor([0.5, 0.5, -0.5]).expand(n, 3) + 0.05 * torch.randn(n, 3) * torch.tensor([1.0, 1.0, 0.0])
+    rays_d = torch.tensor([0.0, 0.0, 1.0]).expand(n, 3)
+    bg = torch.rand(n, 3)
+    kw = dict(step_size=0.01, bg_color=bg, train=False)
+    full = render_rays(model, grid, rays_o, rays_d, **kw)
+    cut = render_rays(model, grid, rays_o, rays_d, max_samples=full.n_samples // 3, **kw)
+    assert 0 < cut.rgb.shape[0] < n and cut.n_samples <= full.n_samples // 3
+    torch.testing.assert_close(cut.rgb, full.rgb[: cut.rgb.shape[0]])
+    torch.testing.assert_close(cut.depth, full.depth[: cut.rgb.shape[0]])

@@ -17,10 +17,17 @@ from neus2cli.render.volrend import accumulate_along_rays, render_weight_from_al
 
 RayTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
+# Points per SDF call in the no-gradient pre-pass: a batch whose marched samples explode (a grid
+# update that suddenly occupies many cells) must not exhaust GPU memory there.
+PREPASS_CHUNK = 1 << 21
+
 
 @dataclass
 class RenderOutput:
     """Per-ray results (n_rays, ...) and per-sample values used by the losses.
+
+    ``n_rays`` is the number of rays rendered: the first rays of the batch, fewer than given
+    when ``max_samples`` cut the batch.
 
     Attributes:
         rgb: (n_rays, 3) colour composited over ``bg_color``.
@@ -51,6 +58,7 @@ def render_rays(
     train: bool = False,
     cos_anneal_ratio: float = 1.0,
     alpha_thre: float = 0.0,
+    max_samples: int | None = None,
 ) -> RenderOutput:
     """Render packed rays.
 
@@ -66,6 +74,8 @@ def render_rays(
         train: jitter samples (stratified) and keep the graph for the eikonal double backward.
         cos_anneal_ratio: NeuS cosine annealing ratio (1 = off).
         alpha_thre: drop samples whose pre-pass alpha is below this (nerfacc semantics); 0 keeps all.
+        max_samples: render only the leading rays whose samples fit in this many (the rays are in
+            random order, so this drops a random subset); None renders every ray.
     """
     n_rays = rays_o.shape[0]
     inv_s = model.inv_s
@@ -77,7 +87,12 @@ def render_rays(
         # previous section's slope. Written without boolean indexing, so nothing waits on the GPU.
         if t_starts.shape[0] == 0:
             return t_starts.clone()
-        start_sdf = model.sdf(rays_o[ray_indices] + rays_d[ray_indices] * t_starts[:, None])
+        start_sdf = torch.cat(
+            [
+                model.sdf(rays_o[ri] + rays_d[ri] * ts[:, None])
+                for ri, ts in zip(ray_indices.split(PREPASS_CHUNK), t_starts.split(PREPASS_CHUNK), strict=True)
+            ]
+        )
         continues = torch.zeros_like(t_starts, dtype=torch.bool)
         continues[:-1] = (ray_indices[1:] == ray_indices[:-1]) & ((t_starts[1:] - t_ends[:-1]).abs() <= 1e-6)
         continued = torch.zeros_like(continues)
@@ -99,6 +114,13 @@ def render_rays(
             stratified=train,
         )
     n_samples = int(ray_indices.shape[0])
+    if max_samples is not None and n_samples > max_samples:
+        # Rays are sorted: keep those before the ray holding sample number ``max_samples``.
+        n_rays = int(ray_indices[max_samples])
+        n_samples = int(torch.searchsorted(ray_indices, n_rays))
+        ray_indices, t_starts, t_ends = ray_indices[:n_samples], t_starts[:n_samples], t_ends[:n_samples]
+        rays_o, rays_d = rays_o[:n_rays], rays_d[:n_rays]
+        bg_color = bg_color if bg_color.dim() == 1 else bg_color[:n_rays]
     bg = bg_color.expand(n_rays, 3) if bg_color.dim() == 1 else bg_color
     if n_samples == 0:
         zeros = rays_o.new_zeros(n_rays)

@@ -271,6 +271,7 @@ def train_static(
         "train_seconds": timing["seconds"],
         "steps_per_second": timing["steps_per_second"],
         "samples_per_second": timing["samples_per_second"],
+        "batches_cut": timing["batches_cut"],
         "final_train_psnr": timing["final_train_psnr"],
         "mesh_seconds": mesh_seconds,
         "wall_seconds_to_mesh": wall_to_mesh,

@@ -141,6 +141,7 @@ class NeuSTrainer:
         self.total_steps = cfg.train.steps
         self.n_rays = cfg.sampling.initial_rays
         self.freeze_field = False
+        self.batches_cut = 0  # batches the sample budget cut (see SamplingConfig.max_samples_factor)
         self._active_levels = -1
         self.reset_optimizer()
 
@@ -244,7 +245,12 @@ class NeuSTrainer:
             early_stop_eps=s.early_stop_eps,
             train=True,
             cos_anneal_ratio=cos_ratio,
+            max_samples=s.max_samples_factor * s.target_samples,
         )
+        if out.rgb.shape[0] < n:  # the sample budget cut the batch
+            n = out.rgb.shape[0]
+            target, mask = target[:n], mask[:n]
+            self.batches_cut += 1
         rgb_loss = huber_loss(out.rgb, target, t.huber_delta)
         loss = rgb_loss
         if not self.freeze_field:
@@ -265,7 +271,7 @@ class NeuSTrainer:
                 self.transform_optimizer.step()
         mse = ((out.rgb.detach() - target) ** 2).mean()
         if out.n_samples > 0:
-            self.n_rays = int(min(s.max_rays, max(64, self.n_rays * s.target_samples / out.n_samples)))
+            self.n_rays = int(min(s.max_rays, max(64, n * s.target_samples / out.n_samples)))
         else:
             self.n_rays = min(s.max_rays, self.n_rays * 2)
         self.step += 1
@@ -331,6 +337,7 @@ class NeuSTrainer:
             "samples_per_second": samples / max(seconds, 1e-9),
             "final_loss": loss_avg,
             "final_train_psnr": psnr_avg,
+            "batches_cut": self.batches_cut,
         }
 
     def check_health(self) -> None:
