@@ -75,6 +75,7 @@ def run_static(
         "train_seconds": metrics["train_seconds"],
         "steps_per_second": metrics["steps_per_second"],
         "samples_per_second": metrics["samples_per_second"],
+        "batches_cut": metrics.get("batches_cut"),
         "peak_gpu_memory_gib": (metrics["peak_gpu_memory_bytes"] or 0) / 2**30,
         "mesh_seconds": metrics["mesh_seconds"],
         "wall_seconds_to_mesh": metrics["wall_seconds_to_mesh"],

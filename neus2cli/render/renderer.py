@@ -87,12 +87,12 @@ def render_rays(
         # previous section's slope. Written without boolean indexing, so nothing waits on the GPU.
         if t_starts.shape[0] == 0:
             return t_starts.clone()
-        start_sdf = torch.cat(
-            [
-                model.sdf(rays_o[ri] + rays_d[ri] * ts[:, None])
-                for ri, ts in zip(ray_indices.split(PREPASS_CHUNK), t_starts.split(PREPASS_CHUNK), strict=True)
-            ]
+        points = (
+            rays_o[ri] + rays_d[ri] * ts[:, None]
+            for ri, ts in zip(ray_indices.split(PREPASS_CHUNK), t_starts.split(PREPASS_CHUNK), strict=True)
         )
+        sdf_parts = [model.sdf(x) for x in points]
+        start_sdf = sdf_parts[0] if len(sdf_parts) == 1 else torch.cat(sdf_parts)
         continues = torch.zeros_like(t_starts, dtype=torch.bool)
         continues[:-1] = (ray_indices[1:] == ray_indices[:-1]) & ((t_starts[1:] - t_ends[:-1]).abs() <= 1e-6)
         continued = torch.zeros_like(continues)
