@@ -164,6 +164,10 @@ class DynamicConfig:
     because Adam at the full rate keeps the pose jittering by about a step size (~0.3 degree per step)."""
     max_retries: int = 2
     """Retries of a diverged frame (each doubles the global-movement phase)."""
+    freeze_sharpness: bool = True
+    """Later frames keep the sharpness s they start from (frame 0's) instead of learning it further:
+    learned frame after frame it grows without bound (40x in 5 frames of a test sequence), until the
+    surface is far sharper than the marching step resolves, geometry gradients vanish and tracking fails."""
     center_on_masks: bool = True
     """Shift the normalized frame (same scale) so the object, located by the visual hull of the masks,
     sits at the cube centre: the first frame's in incremental mode (the canonical frame every later

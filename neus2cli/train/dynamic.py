@@ -3,6 +3,8 @@
 Incremental mode (default, NeuS2's): frame 0 trains from scratch; each later frame starts
 from the previous frame's weights, sharpness and accumulated rigid transform, with Adam,
 the weight EMA and the occupancy grid reset and the progressive level schedule restarted.
+The sharpness stays at frame 0's value (``dynamic.freeze_sharpness``): learned frame after
+frame it grows until the surface is sharper than the marching step resolves and tracking fails.
 First only a per-frame rigid delta is optimised with the field frozen and all levels on
 (global transform prediction), then field and delta train together. Composition order:
 ``A_k = A_{k-1} @ D_k`` (see ``neus2cli.train.rigid``).
@@ -139,6 +141,7 @@ class DynamicRun:
         joint_steps = max(d.next_frame_steps - global_steps, 0) if d.predict_global_movement else d.next_frame_steps
         trainer = self._new_trainer(joint_steps)
         trainer.model.load_state_dict(prev_model)
+        trainer.model.variance.requires_grad_(not d.freeze_sharpness)  # Adam skips parameters without grads
         trainer.reset_optimizer()
         trainer.bank = bank
         # The reset grid is rebuilt from the previous field before anything samples it.
