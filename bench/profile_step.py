@@ -54,6 +54,7 @@ class StageTimer:
 
 def trace_steps(trainer: NeuSTrainer, n_steps: int, top: int = 25) -> dict:
     """Run ``n_steps`` under torch.profiler; print operator tables, return the device-busy figures."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = trainer.device.type == "cuda"
@@ -71,8 +72,10 @@ def trace_steps(trainer: NeuSTrainer, n_steps: int, top: int = 25) -> dict:
     device_key = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(events.table(sort_by=device_key, row_limit=top, max_name_column_width=60))
     print(events.table(sort_by="cpu_time_total", row_limit=top, max_name_column_width=60))
-    kernel_us = sum(getattr(e, "self_device_time_total", 0.0) for e in events) if cuda else 0.0
-    n_kernels = sum(e.count for e in events if getattr(e, "self_device_time_total", 0.0) > 0) if cuda else 0
+    # Device-side rows only (kineto also reports device time on the host operators that launched them).
+    kernels = [e for e in events if cuda and e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    kernel_us = sum(e.self_device_time_total for e in kernels)
+    n_kernels = sum(e.count for e in kernels)
     return {
         "steps": n_steps,
         "wall_ms_per_step": wall_ms,
