@@ -123,7 +123,7 @@ TINY = [
 ]
 
 
-def test_per_frame_mode_runs(sequence, tmp_path):
+def test_per_frame_mode_runs(sequence, tmp_path, capsys):
     run_dir, metrics = train_dynamic(
         sequence, resolve_config("fast", TINY), tmp_path / "pf", mode="per-frame", frames="0:2", progress=False
     )
@@ -131,6 +131,16 @@ def test_per_frame_mode_runs(sequence, tmp_path):
     for k in (0, 1):
         t = json.loads((run_dir / "frames" / f"{k:04d}" / "transform.json").read_text())
         np.testing.assert_allclose(t["world_to_canonical"], np.eye(4))  # every frame is its own canonical frame
+
+    # A damaged stored field: export-mesh names the file and exits 2 without a traceback.
+    from tests.test_data_convert import run_cli
+
+    damaged = run_dir / "frames" / "0001" / "field.bin"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert run_cli(["export-mesh", str(run_dir), "--frame", "1", "--out", str(tmp_path / "m.ply")]) == 2
+    err = capsys.readouterr().err
+    assert "field.bin" in err and "frame 0001" in err and "Traceback" not in err
+    assert not (tmp_path / "m.ply").exists()
 
 
 def test_resume_continues_after_the_last_finished_frame(sequence, tmp_path, monkeypatch):

@@ -384,6 +384,20 @@ def train_dynamic(
     return out_dir, _summary(run.records, mode, backend)
 
 
+def _read_frame(run_dir: Path, index: int, read, *args):
+    """``read(blob, *args)`` on frame ``index``'s stored field; a damaged file is a ``UserError`` naming it."""
+    path = _frame_dir(run_dir, index) / "field.bin"
+    try:
+        return read(path.read_bytes(), *args)
+    except ValueError as err:
+        raise UserError(
+            f"the stored field of frame {index:04d} cannot be read ({err}).",
+            path=path,
+            hint="The file is damaged or was written by another version of neus2cli; retrain from the frame "
+            "before it (delete this frame's folder and the later ones, then train-dynamic --resume).",
+        ) from None
+
+
 def trainer_for_frame(
     run_dir: Path, frame: int, backend: str = "auto"
 ) -> tuple[NeuSTrainer, Normalization, np.ndarray]:
@@ -409,10 +423,10 @@ def trainer_for_frame(
     like = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
     like["grid.binaries"] = trainer.grid.binaries
     chain = done[: done.index(frame) + 1]
-    start = max(i for i, k in enumerate(chain) if is_keyframe((_frame_dir(run_dir, k) / "field.bin").read_bytes()))
+    start = max(i for i, k in enumerate(chain) if _read_frame(run_dir, k, is_keyframe))
     state = None
     for k in chain[start:]:
-        state = decode_frame((_frame_dir(run_dir, k) / "field.bin").read_bytes(), state, like)
+        state = _read_frame(run_dir, k, decode_frame, state, like)
     trainer.model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     trainer.grid.binaries.copy_(state["grid.binaries"].to(trainer.grid.binaries.device))
     trainer.ema.shadow = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
