@@ -28,8 +28,19 @@ def static_scene(root: Path, views: int = 24, size: int = 64) -> Path:
     )
 
 
-def dynamic_scene(root: Path, frames: int = 3, views: int = 20, size: int = 64) -> Path:
-    """Large rigid motion per frame: 20 degrees about y and a fifth of the object's size along x."""
+def dynamic_scene(
+    root: Path,
+    frames: int = 3,
+    views: int = 20,
+    size: int = 64,
+    height: int | None = None,
+    rotation_deg: float = 20.0,
+    translation: float = 0.2,
+) -> Path:
+    """Large rigid motion per frame: by default 20 degrees about y and a fifth of the object's size along x.
+
+    Images are ``size`` wide and ``height`` (default ``size``) high.
+    """
     from data_tools.dynamic import generate_dynamic_sequence
 
     return generate_dynamic_sequence(
@@ -38,9 +49,9 @@ def dynamic_scene(root: Path, frames: int = 3, views: int = 20, size: int = 64) 
         n_frames=frames,
         n_views=views,
         width=size,
-        height=size,
-        rotation_deg_per_frame=20.0,
-        translation_per_frame=0.2,
+        height=size if height is None else height,
+        rotation_deg_per_frame=rotation_deg,
+        translation_per_frame=translation,
         n_test_views=0,
         supersample=1,
         progress=False,

@@ -55,26 +55,14 @@ def test_gpu_dynamic_tracks_a_rigid_motion(tmp_path):
     import trimesh
 
     from bench.common import chamfer_fraction
-    from data_tools.dynamic import generate_dynamic_sequence
     from neus2cli.train.dynamic import train_dynamic
     from neus2cli.train.rigid import rotation_angle_deg
-    from tests.scenes import lumpy_ellipsoid
+    from tests.scenes import dynamic_scene
 
     if not _gpu_ready():
         pytest.skip("tinycudann + nerfacc not usable here")
     # The CPU test's object, with larger images and more views.
-    seq = generate_dynamic_sequence(
-        lumpy_ellipsoid(),
-        tmp_path / "seq",
-        n_frames=3,
-        n_views=16,
-        width=320,
-        height=240,
-        rotation_deg_per_frame=15.0,
-        translation_per_frame=0.1,
-        supersample=1,
-        progress=False,
-    )
+    seq = dynamic_scene(tmp_path / "seq", views=16, size=320, height=240, rotation_deg=15.0, translation=0.1)
     cfg = resolve_config("base", ["first_frame_steps=1500", "next_frame_steps=800", "output.mesh_resolution=256"])
     run_dir, metrics = train_dynamic(seq, cfg, tmp_path / "run", progress=False)
     assert metrics["backend"] == "tcnn"

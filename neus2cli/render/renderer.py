@@ -26,8 +26,8 @@ PREPASS_CHUNK = 1 << 21
 class RenderOutput:
     """Per-ray results (n_rays, ...) and per-sample values used by the losses.
 
-    ``n_rays`` is the number of rays rendered: the first rays of the batch, fewer than given
-    when ``max_samples`` cut the batch.
+    ``n_rays`` is the number of rays rendered: all of them, or the leading ones when
+    ``max_samples`` cut the batch.
 
     Attributes:
         rgb: (n_rays, 3) colour composited over ``bg_color``.
