@@ -6,8 +6,9 @@ Stages: ray batch, occupancy update, sampling (incl. the alpha pre-pass), SDF + 
 colour + compositing + loss, backward, optimiser + EMA. GPU stages are timed with CUDA
 events after a synchronising warm-up; numbers are medians over the timed steps.
 ``--trace N`` also runs N steps under ``torch.profiler`` and prints the top operators by
-device and by host time, and how busy the device was (kernel time / wall time): a step
-whose device is idle most of the time is bound by Python and kernel launches, not by maths.
+device and by host time, and how busy the device was (kernel time / wall time; the wall time
+is the profiled one, which the profiler inflates, so compare kernel time with the untraced step
+time too): a device idle much of the time means a step bound by Python and launches, not by maths.
 """
 
 from __future__ import annotations
