@@ -10,7 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from neus2cli.data.images import load_images, load_view_rgba, read_image_size, resolve_image_path
+from neus2cli.data.images import decode_view, load_images, load_view_rgba, read_image_size, resolve_image_path
 from neus2cli.data.scene import View
 from neus2cli.errors import UserError
 
@@ -138,3 +138,48 @@ def test_load_images_parallel_keeps_order_and_loader_override(tmp_path):
     views.insert(5, view_for(tmp_path / "gone.png"))
     with pytest.raises(UserError, match="gone.png"):
         load_images(views, workers=4, progress=False)
+
+
+def test_palette_cmyk_and_bilevel_images_convert_by_mode(tmp_path, rng):
+    from PIL import Image
+
+    rgb = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    pal = Image.fromarray(rgb).quantize(colors=4)
+    pal.save(tmp_path / "p.png")
+    out, masked = decode_view(view_for(tmp_path / "p.png"))
+    np.testing.assert_array_equal(out[..., :3], np.asarray(pal.convert("RGB")))
+    assert not masked and np.all(out[..., 3] == 255)
+    # A palette entry marked transparent is a mask: alpha 0 exactly where that entry is used.
+    pal.save(tmp_path / "pt.png", transparency=0)
+    out, masked = decode_view(view_for(tmp_path / "pt.png"))
+    assert masked
+    np.testing.assert_array_equal(out[..., 3], np.where(np.asarray(pal) == 0, 0, 255))
+    # CMYK's 4th channel is black ink, not alpha: converted to RGB, the view is unmasked.
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    out, masked = decode_view(view_for(tmp_path / "c.jpg"))
+    assert not masked and np.all(out[..., 3] == 255)
+    # JPEG at quality 95 of a random image: colours survive to within a broad 64 levels on average
+    # (chroma subsampling smears single pixels), far from the near-black a CMYK-as-RGBA read gives.
+    assert np.abs(out[..., :3].astype(int) - rgb).mean() < 64
+    Image.fromarray(rgb[..., 0] > 127).save(tmp_path / "b.png")  # mode "1"
+    out = load_view_rgba(view_for(tmp_path / "b.png"))
+    np.testing.assert_array_equal(out[..., 0], np.where(rgb[..., 0] > 127, 255, 0))
+
+
+def test_masked_flag_follows_alpha_or_mask_file(tmp_path, rng):
+    iio.imwrite(tmp_path / "rgb.png", rng.integers(0, 256, (5, 6, 3), dtype=np.uint8))
+    iio.imwrite(tmp_path / "gray.png", rng.integers(0, 256, (5, 6), dtype=np.uint8))
+    iio.imwrite(tmp_path / "la.png", np.full((5, 6, 2), 255, dtype=np.uint8))  # an all-opaque alpha is a mask
+    iio.imwrite(tmp_path / "m.png", np.zeros((5, 6), dtype=np.uint8))
+    assert not decode_view(view_for(tmp_path / "rgb.png"))[1]
+    assert not decode_view(view_for(tmp_path / "gray.png"))[1]
+    assert decode_view(view_for(tmp_path / "la.png"))[1]
+    assert decode_view(view_for(tmp_path / "gray.png", tmp_path / "m.png"))[1]
+
+
+def test_folder_named_like_an_image_is_named_as_a_folder(tmp_path):
+    (tmp_path / "a.png").mkdir()
+    for fn in (load_view_rgba, lambda v: read_image_size(v.image_path)):
+        with pytest.raises(UserError, match="is a folder, not an image file") as info:
+            fn(view_for(tmp_path / "a.png"))
+        assert "a.png" in str(info.value) and "not found" not in str(info.value)

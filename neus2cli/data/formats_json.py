@@ -40,14 +40,16 @@ def read_json(path: Path) -> dict:
             meta = json.load(f)
     except FileNotFoundError:
         raise UserError("scene file not found.", path=path) from None
+    except IsADirectoryError:
+        raise UserError("is a folder, not a JSON file.", path=path, hint="Rename or move it.") from None
     except json.JSONDecodeError as err:
         raise UserError(
             f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}.",
             path=path,
             hint="Fix the syntax (a trailing comma or a missing quote is the usual cause).",
         ) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read the file ({err}).", path=path) from None
+    except (OSError, UnicodeDecodeError, RecursionError) as err:
+        raise UserError(f"cannot read the file ({type(err).__name__}: {err}).", path=path) from None
     if not isinstance(meta, dict):
         raise UserError("expected a JSON object with a 'frames' list at the top level.", path=path)
     return meta
@@ -55,7 +57,8 @@ def read_json(path: Path) -> dict:
 
 def is_neus2_json(meta: dict) -> bool:
     """NeuS2 format: the top level has ``from_na`` or some frame has ``intrinsic_matrix``."""
-    frames = meta.get("frames") or []
+    frames = meta.get("frames")
+    frames = frames if isinstance(frames, list) else []
     return "from_na" in meta or any(isinstance(f, dict) and "intrinsic_matrix" in f for f in frames)
 
 
@@ -65,7 +68,7 @@ def json_normalization(meta: dict, path: Path) -> Normalization:
         scale = float(meta.get("scale", DEFAULT_SCALE))
         offset = np.asarray(meta.get("offset", DEFAULT_OFFSET), dtype=np.float64).reshape(3)
         aabb = np.asarray(meta.get("aabb", [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), dtype=np.float64).reshape(2, 3)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(
             "'scale' must be a number, 'offset' a list of 3 numbers and 'aabb' two lists of 3 numbers.",
             path=path,
@@ -83,7 +86,7 @@ def json_normalization(meta: dict, path: Path) -> Normalization:
 def _matrix(value, frame_label: str, key: str, path: Path, shapes: tuple[tuple[int, int], ...]) -> np.ndarray:
     try:
         m = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         m = None
     if m is None or m.shape not in shapes:
         got = "non-numeric" if m is None else f"shape {m.shape}"
@@ -99,7 +102,7 @@ def _number(frame: dict, meta: dict, key: str, frame_label: str, path: Path):
         return None
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"{frame_label}: '{key}' must be a number, got {value!r}.", path=path) from None
 
 
@@ -145,6 +148,9 @@ def _frame_intrinsics(frame: dict, meta: dict, width: int, height: int, label: s
 
 def _frame_distortion(frame: dict, meta: dict, label: str, path: Path) -> np.ndarray | None:
     values = [_number(frame, meta, k, label, path) or 0.0 for k in DISTORTION_KEYS]
+    if not all(np.isfinite(values)):
+        shown = ", ".join(f"{k}={v}" for k, v in zip(DISTORTION_KEYS, values, strict=True))
+        raise UserError(f"{label}: distortion ({shown}) must be finite.", path=path)
     return None if not any(values) else np.asarray(values, dtype=np.float64)
 
 
@@ -160,11 +166,31 @@ def _image_path(frame: dict, label: str, json_path: Path) -> Path:
             hint="Convert the images to PNG and update 'file_path'.",
         )
     resolved = resolve_image_path(base)
+    if resolved is None and base.is_dir():
+        raise UserError(
+            f"{label}: image '{file_path}' is a folder, not an image file ({base}).",
+            path=json_path,
+            hint="'file_path' must name an image file (relative to the JSON's folder).",
+        )
     if resolved is None:
         raise UserError(
             f"{label}: image '{file_path}' not found (looked for {base} as given and with .png, .jpg, .jpeg appended).",
             path=json_path,
             hint="Paths are relative to the JSON's folder; check the path and that the images were copied.",
+        )
+    return resolved
+
+
+def _frame_mask_path(value, label: str, json_path: Path) -> Path:
+    """The mask file named by a frame's ``mask_path`` (relative to the JSON's folder)."""
+    if not isinstance(value, str) or not value:
+        raise UserError(f"{label}: 'mask_path' must be a non-empty string, got {value!r}.", path=json_path)
+    base = json_path.parent / value
+    resolved = resolve_image_path(base)
+    if resolved is None:
+        what = "is a folder, not an image file" if base.is_dir() else "not found"
+        raise UserError(
+            f"{label}: mask '{value}' {what}.", path=json_path, hint="Paths are relative to the JSON's folder."
         )
     return resolved
 
@@ -221,7 +247,7 @@ def parse_json_frames(json_path: Path, meta: dict) -> tuple[list[View], list[str
             w, h = read_image_size(image_path)
         try:
             w, h = int(w), int(h)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"{label}: 'w' and 'h' must be integers, got {w!r}, {h!r}.", path=json_path) from None
         if w <= 0 or h <= 0:
             raise UserError(f"{label}: image size must be positive, got {w}x{h}.", path=json_path)
@@ -230,10 +256,8 @@ def parse_json_frames(json_path: Path, meta: dict) -> tuple[list[View], list[str
             K[0, 2] += 0.5
             K[1, 2] += 0.5
         mask_path = None
-        if frame.get("mask_path"):  # our extension: a separate mask image per frame
-            mask_path = resolve_image_path(json_path.parent / frame["mask_path"])
-            if mask_path is None:
-                raise UserError(f"{label}: mask '{frame['mask_path']}' not found.", path=json_path)
+        if frame.get("mask_path") is not None:  # our extension: a separate mask image per frame
+            mask_path = _frame_mask_path(frame["mask_path"], label, json_path)
         views.append(
             View(
                 name=_view_name(image_path, json_path),

@@ -26,7 +26,20 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    """Image files of ``folder`` sorted by name; ``UserError`` for an image-named entry that is
+    not a regular file (a folder called ``000003.png``), which would otherwise shift the
+    image <-> camera pairing silently."""
+    entries = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    for entry in entries:
+        if not entry.is_file():
+            what = "a folder" if entry.is_dir() else "not a regular file"
+            raise UserError(
+                f"is {what}, not an image file.",
+                path=entry,
+                hint=f"Remove or rename it: every {', '.join(_IMAGE_SUFFIXES)} entry of {folder.name}/ is read "
+                "as one view, in name order.",
+            )
+    return entries
 
 
 def find_image_dir(root: Path) -> Path:
@@ -34,6 +47,9 @@ def find_image_dir(root: Path) -> Path:
     for name in ("image", "images"):
         if (root / name).is_dir():
             return root / name
+    for name in ("image", "images"):
+        if (root / name).exists():
+            raise UserError(f"{name} is not a folder.", path=root / name, hint="NeuS/IDR images live in a folder.")
     raise UserError(
         "no image/ or images/ folder next to cameras_sphere.npz.",
         path=root,
@@ -49,45 +65,76 @@ def find_mask_dir(root: Path) -> Path | None:
     return None
 
 
+def _npz_matrix(data: dict, key: str, path: Path, shapes: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """``data[key]`` as a float64 matrix of one of ``shapes``, else a ``UserError`` naming the key."""
+    want = " or ".join(f"{a}x{b}" for a, b in shapes)
+    try:
+        m = np.asarray(data[key], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{key} must be a numeric {want} matrix, got dtype {data[key].dtype}.", path=path) from None
+    if m.shape not in shapes:
+        raise UserError(f"{key} must be {want}, got shape {m.shape}.", path=path)
+    return m
+
+
+def _indices(data: dict, prefix: str) -> list[int]:
+    """Sorted i of the ``<prefix>_<i>`` keys; canonical decimals only ("world_mat_01" is not view 1)."""
+    return sorted(int(m.group(1)) for k in data if (m := re.fullmatch(prefix + r"_(0|[1-9]\d*)", k)))
+
+
 def read_neus_cameras(root: Path) -> tuple[np.ndarray, np.ndarray]:
     """(world_mats (n, 4, 4), scale_mats (n, 4, 4)) from ``root/cameras_sphere.npz``.
 
-    3x4 world_mats are padded with [0, 0, 0, 1]. Raises ``UserError`` when keys are
-    missing, non-contiguous or not numeric.
+    3x4 world_mats are padded with [0, 0, 0, 1]. Raises ``UserError`` naming the key
+    when one is missing (``world_mat_3`` of 0..5), not numeric, of the wrong shape or
+    not finite.
     """
     path = root / CAMERAS_FILE
     try:
-        with np.load(path) as npz:
-            data = {k: np.asarray(npz[k]) for k in npz.files}
+        # Our own file object: np.load leaks the one it opens when the archive is truncated.
+        with open(path, "rb") as f:
+            npz = np.load(f, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive")
+            with npz:
+                data = {k: np.asarray(npz[k]) for k in npz.files}
     except FileNotFoundError:
         raise UserError("cameras_sphere.npz not found.", path=root) from None
+    except IsADirectoryError:
+        raise UserError("is a folder, not a camera file.", path=path) from None
     except Exception as err:  # np.load raises several types for a corrupt archive
-        raise UserError(f"cannot read the camera file ({err}).", path=path) from None
-    indices = sorted(int(m.group(1)) for k in data if (m := re.fullmatch(r"world_mat_(\d+)", k)))
+        raise UserError(
+            f"cannot read the camera file ({type(err).__name__}: {err}).",
+            path=path,
+            hint="It must be a numpy .npz archive of world_mat_<i> and scale_mat_<i> arrays.",
+        ) from None
+    indices = _indices(data, "world_mat")
     if not indices:
         raise UserError("no world_mat_<i> arrays in the camera file.", path=path)
-    if indices != list(range(len(indices))):
+    # A scale_mat_<i> beyond the last world_mat names a missing world_mat too.
+    top = max(indices + _indices(data, "scale_mat"))
+    missing = sorted(set(range(top + 1)) - set(indices))
+    if missing:
+        shown = ", ".join(f"world_mat_{i}" for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise UserError(
-            f"world_mat indices must run 0..{len(indices) - 1} without gaps, got {indices[:5]}...", path=path
+            f"{shown} {'is' if len(missing) == 1 else 'are'} missing: the camera file has world_mat_<i> for "
+            f"{len(indices)} of the indices 0..{top}.",
+            path=path,
+            hint="world_mat indices must run 0..n-1 without gaps, one per image in sorted file-name order.",
         )
     world, scale = [], []
     for i in indices:
-        P = np.asarray(data[f"world_mat_{i}"], dtype=np.float64)
+        P = _npz_matrix(data, f"world_mat_{i}", path, ((3, 4), (4, 4)))
         if P.shape == (3, 4):
             P = np.vstack([P, [0.0, 0.0, 0.0, 1.0]])
-        if P.shape != (4, 4):
-            raise UserError(f"world_mat_{i} must be 3x4 or 4x4, got shape {P.shape}.", path=path)
         if f"scale_mat_{i}" not in data:
             raise UserError(
                 f"scale_mat_{i} is missing.",
                 path=path,
                 hint="cameras_sphere.npz needs a scale_mat_<i> per view (NeuS preprocessing writes them).",
             )
-        S = np.asarray(data[f"scale_mat_{i}"], dtype=np.float64)
-        if S.shape != (4, 4):
-            raise UserError(f"scale_mat_{i} must be 4x4, got shape {S.shape}.", path=path)
         world.append(P)
-        scale.append(S)
+        scale.append(_npz_matrix(data, f"scale_mat_{i}", path, ((4, 4),)))
     world_mats, scale_mats = np.stack(world), np.stack(scale)
     for name, arr in (("world_mat", world_mats), ("scale_mat", scale_mats)):
         bad = np.flatnonzero(~np.all(np.isfinite(arr), axis=(1, 2)))
@@ -116,13 +163,21 @@ def normalization_from_scale_mat(scale_mats: np.ndarray, path: Path) -> Normaliz
     expected = np.eye(4) * s
     expected[3, 3] = 1.0
     expected[:3, 3] = S[:3, 3]
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        scale, offset = 0.5 / s, 0.5 - 0.5 * S[:3, 3] / s
     if not (s > 0) or np.abs(S - expected).max() > 1e-6 * max(1.0, abs(s)):
         raise UserError(
             "scale_mat_0 is not a uniform scale plus translation ([[s,0,0,tx],[0,s,0,ty],[0,0,s,tz],[0,0,0,1]]).",
             path=path,
             hint="Anisotropic or rotated scale_mats are not supported.",
         )
-    return Normalization(scale=0.5 / s, offset=0.5 - 0.5 * S[:3, 3] / s)
+    if not (np.isfinite(scale) and scale > 0 and np.all(np.isfinite(offset))):
+        raise UserError(
+            f"scale_mat_0's scale {s:g} is too small or too large to normalize the scene.",
+            path=path,
+            hint="scale_mat maps the unit sphere onto the object's bounding sphere, in world units.",
+        )
+    return Normalization(scale=scale, offset=offset)
 
 
 def load_neus_folder(root: Path, test_views: tuple[int, ...] | list[int] | None = None) -> Scene:

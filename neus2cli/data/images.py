@@ -7,7 +7,10 @@ Rules (shared by every loader):
 * RGBA images keep their alpha as the mask.
 * A separate mask file replaces the alpha: alpha = the mask's largest colour
   channel, so soft edges survive and "any channel > 127" is foreground.
-* 16-bit images are rescaled to 8 bits; grayscale is expanded to RGB.
+* 16-bit images are rescaled to 8 bits; grayscale (with or without alpha) is
+  expanded to RGB; palette images are expanded to RGB(A); CMYK and other colour
+  spaces are converted to RGB (see ``_pillow_to_array``).
+* A path that is a folder, missing, or undecodable is a ``UserError`` naming it.
 
 Only the header is read when just the size is needed (``read_image_size``).
 """
@@ -33,58 +36,101 @@ UNSUPPORTED_EXTENSIONS = (".exr", ".hdr")
 def resolve_image_path(base: Path) -> Path | None:
     """The existing file for ``base``: as given, then with each of ``IMAGE_EXTENSIONS`` appended.
 
-    Returns None when none exists. ``r_0`` -> ``r_0.png``; ``img.png`` -> ``img.png``.
+    Returns None when none exists. ``r_0`` -> ``r_0.png``; ``img.png`` -> ``img.png``. A folder
+    is not an image: ``check_image_file`` names it when ``base`` itself is one.
     """
     base = Path(base)
-    if base.is_file():
-        return base
-    for ext in IMAGE_EXTENSIONS:
-        candidate = base.with_name(base.name + ext)
-        if candidate.is_file():
-            return candidate
+    try:
+        if base.is_file():
+            return base
+        for ext in IMAGE_EXTENSIONS:
+            candidate = base.with_name(base.name + ext)
+            if candidate.is_file():
+                return candidate
+    except OSError as err:  # a name too long for the file system, a permission problem, ...
+        raise UserError(f"cannot access the image ({err.strerror or err}).", path=base) from None
     return None
 
 
-def _check_supported(path: Path) -> None:
+def check_image_file(path: str | Path) -> Path:
+    """``path`` if it names an existing regular file of a supported type, else a ``UserError``
+    that says which: unsupported extension, missing, a folder, or not a regular file."""
+    path = Path(path)
     if path.suffix.lower() in UNSUPPORTED_EXTENSIONS:
         raise UserError(
             f"{path.suffix} images are not supported.",
             path=path,
             hint="Convert the images to 8- or 16-bit PNG (tone-map HDR data first).",
         )
+    try:
+        is_dir, is_file, exists = path.is_dir(), path.is_file(), path.exists()
+    except OSError as err:
+        raise UserError(f"cannot access the image ({err.strerror or err}).", path=path) from None
+    if is_dir:
+        raise UserError("is a folder, not an image file.", path=path, hint="Point the scene at the image file itself.")
+    if not exists:
+        raise UserError("image file not found.", path=path, hint="Check the file path in the scene.")
+    if not is_file:
+        raise UserError("is not a regular file.", path=path, hint="Point the scene at a PNG or JPEG file.")
+    return path
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file, reading only its header."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    path = Path(path)
-    _check_supported(path)
+    path = check_image_file(path)
     try:
         with Image.open(path) as im:  # lazy: decodes the header only
             return int(im.size[0]), int(im.size[1])
-    except FileNotFoundError:
-        raise UserError("image file not found.", path=path, hint="Check the file path in the scene.") from None
-    except (UnidentifiedImageError, OSError) as err:
+    except Exception as err:  # Pillow raises many types for a corrupt header
         raise UserError(
-            f"cannot read the image header ({err}).", path=path, hint="Re-export it as PNG or JPEG."
+            f"cannot read the image header ({type(err).__name__}: {err}).",
+            path=path,
+            hint="Re-export it as PNG or JPEG.",
         ) from None
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file as stored: (H, W), (H, W, 2|3|4), any dtype.
+def _pillow_to_array(im, path: Path) -> np.ndarray:
+    """A decoded Pillow image -> one of the layouts ``to_rgba`` takes, whatever its mode.
 
-    Raises ``UserError`` naming the file when it is missing or cannot be decoded.
+    Palette images become RGB, or RGBA when they carry transparency; CMYK, YCbCr, LAB
+    and HSV become RGB (their 4th channel is not alpha); 16-bit grayscale stays uint16
+    (``to_uint8`` rescales it); 32-bit float images are refused (no agreed range).
     """
-    import imageio.v3 as iio
+    mode = im.mode  # np.array (a copy), not np.asarray: callers write into the result
+    if mode in ("1", "L", "LA", "RGB", "RGBA", "I", "I;16", "I;16L", "I;16B", "I;16N"):
+        return np.array(im)
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in im.info
+        return np.array(im.convert("RGBA" if has_alpha else "RGB"))
+    if mode in ("La", "RGBa"):  # premultiplied alpha
+        return np.array(im.convert(mode.upper()))
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        return np.array(im.convert("RGB"))
+    raise UserError(
+        f"images of Pillow mode {mode!r} are not supported.",
+        path=path,
+        hint="Save it as an 8- or 16-bit grayscale, RGB or RGBA PNG.",
+    )
 
-    path = Path(path)
-    _check_supported(path)
-    if not path.is_file():
-        raise UserError("image file not found.", path=path, hint="Check the file path in the scene.")
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file: (H, W) bool/uint8/uint16/int32 gray, (H, W, 2) gray+alpha,
+    (H, W, 3) RGB or (H, W, 4) RGBA (see ``_pillow_to_array`` for the modes converted).
+
+    Raises ``UserError`` naming the file when it is missing, a folder, or cannot be decoded.
+    """
+    from PIL import Image
+
+    path = check_image_file(path)
     try:
-        return np.asarray(iio.imread(path, plugin="pillow"))
-    except Exception as err:  # imageio raises many types for a corrupt file
+        with Image.open(path) as im:
+            im.load()  # the full decode: a truncated file fails here, not later
+            return _pillow_to_array(im, path)
+    except UserError:
+        raise
+    except Exception as err:  # Pillow raises many types for a corrupt file
         raise UserError(
             f"cannot decode the image ({type(err).__name__}: {err}).",
             path=path,
@@ -147,20 +193,24 @@ def mask_to_alpha(mask: np.ndarray) -> np.ndarray:
     return colour.max(axis=2)
 
 
-def load_view_rgba(view: View) -> np.ndarray:
-    """(H, W, 4) uint8 RGBA of ``view``, mask in alpha (255 when there is no mask).
+def decode_view(view: View) -> tuple[np.ndarray, bool]:
+    """(rgba, masked) of ``view``: (H, W, 4) uint8 RGBA with the mask in alpha, and whether
+    the view supplies a mask at all (a mask file, an alpha channel in its image, or a
+    ``loader``, whose alpha is the mask by definition).
 
-    Uses ``view.loader`` when set. Raises ``UserError`` naming the file when the
-    image or mask is missing, unreadable, or the two differ in size.
+    An unmasked view has alpha 255 everywhere. Raises ``UserError`` naming the file when
+    the image or mask is missing, a folder, unreadable, or the two differ in size.
     """
     if view.loader is not None:
         rgba = np.asarray(view.loader())
         if rgba.ndim != 3 or rgba.shape[2] != 4 or rgba.dtype != np.uint8:
             raise ValueError(f"view {view.name!r}: loader must return (H, W, 4) uint8, got {rgba.shape}")
-        return rgba
+        return rgba, True
     if view.image_path is None:
         raise ValueError(f"view {view.name!r} has neither image_path nor loader")
-    rgba = to_rgba(read_image(view.image_path))
+    image = read_image(view.image_path)
+    masked = image.ndim == 3 and image.shape[2] in (2, 4)
+    rgba = to_rgba(image)
     if view.mask_path is not None:
         alpha = mask_to_alpha(read_image(view.mask_path))
         if alpha.shape != rgba.shape[:2]:
@@ -171,7 +221,13 @@ def load_view_rgba(view: View) -> np.ndarray:
                 hint="Masks must have the same resolution as their images.",
             )
         rgba[..., 3] = alpha
-    return rgba
+        masked = True
+    return rgba, masked
+
+
+def load_view_rgba(view: View) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA of ``view``, mask in alpha (255 when there is no mask); see ``decode_view``."""
+    return decode_view(view)[0]
 
 
 def default_workers() -> int:

@@ -50,12 +50,23 @@ def _json_files_for(json_path: Path) -> list[tuple[Path, str | None]]:
 
 
 def top_level_jsons(directory: Path) -> list[Path]:
-    """Top-level ``*.json`` files of ``directory`` except known metadata, sorted by name."""
-    return sorted(
-        p
-        for p in Path(directory).iterdir()
-        if p.is_file() and p.suffix.lower() == ".json" and p.name not in METADATA_JSON
+    """Top-level ``*.json`` files of ``directory`` except known metadata, sorted by name.
+
+    Raises ``UserError`` for a ``*.json`` entry that is not a regular file (a folder named
+    ``0003.json``): skipping it would silently drop a time step.
+    """
+    entries = sorted(
+        p for p in Path(directory).iterdir() if p.suffix.lower() == ".json" and p.name not in METADATA_JSON
     )
+    for entry in entries:
+        if not entry.is_file():
+            raise UserError(
+                f"is {'a folder' if entry.is_dir() else 'not a regular file'}, not a JSON file.",
+                path=entry,
+                hint="Every top-level .json entry of a scene or sequence folder is read as a scene file: "
+                "rename or move it.",
+            )
+    return entries
 
 
 def detect_format(path: str | Path) -> tuple[str, list[tuple[Path, str | None]]]:
@@ -77,7 +88,9 @@ def detect_format(path: str | Path) -> tuple[str, list[tuple[Path, str | None]]]
                 path=path,
             )
         return "json", _json_files_for(path)
-    if (path / CAMERAS_FILE).is_file():
+    if not path.is_dir():
+        raise UserError("is neither a file nor a folder.", path=path, hint="Give a scene folder or a JSON file.")
+    if (path / CAMERAS_FILE).exists():  # read_neus_cameras names it if it is not a readable file
         return "neus", [(path, None)]
     for name in _SPLIT_PAIRS:
         if (path / name).is_file():
@@ -145,7 +158,8 @@ def load_dynamic_scene(directory: str | Path, frames: slice | None = None) -> Dy
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise UserError("dynamic sequence folder not found.", path=directory)
+        what = "is not a folder" if directory.exists() else "not found"
+        raise UserError(f"dynamic sequence folder {what}.", path=directory)
     jsons = top_level_jsons(directory)
     if not jsons:
         raise UserError(
@@ -188,7 +202,7 @@ def is_dynamic_dir(path: str | Path) -> bool:
     """True for a folder that ``load_scene`` cannot take but ``load_dynamic_scene`` can:
     several top-level JSONs and no NeuS, train/test or transforms.json files."""
     path = Path(path)
-    if not path.is_dir() or (path / CAMERAS_FILE).is_file() or (path / "transforms.json").is_file():
+    if not path.is_dir() or (path / CAMERAS_FILE).exists() or (path / "transforms.json").is_file():
         return False
     if any((path / name).is_file() for name in _SPLIT_PAIRS):
         return False

@@ -6,7 +6,8 @@ Two levels:
   or non-rigid poses, implausible intrinsics, cameras that do not look at the
   reconstruction box.
 * ``validate_scene`` (decodes every image): missing/unreadable files, image sizes
-  that disagree with the scene file, and a **warning** when the masks say the object
+  that disagree with the scene file, views with and without masks mixed, masks that
+  are all empty, and a **warning** when the masks say the object
   does not fit the normalized cube (estimated by carving a coarse voxel grid with the
   masks), with a ``scale``/``offset`` that would fit.
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from neus2cli.data.cameras import rigidity_error
-from neus2cli.data.images import load_view_rgba, map_views
+from neus2cli.data.images import decode_view, map_views
 from neus2cli.data.rays import project_points
 from neus2cli.data.scene import Normalization, Scene, View
 from neus2cli.errors import UserError
@@ -157,6 +158,8 @@ class MaskSummary:
         width, height: decoded image size.
         coverage: fraction of pixels with alpha > 127.
         has_mask: False when alpha is 255 everywhere (no mask information).
+        masked: the view supplies a mask (a mask file or an alpha channel), even
+            one that is 255 everywhere.
         small: (h, w) bool foreground, max-pooled by ``factor`` (a pixel block is
             foreground if any of its pixels is), so carving never cuts real content.
         factor: integer downsampling factor of ``small``.
@@ -166,13 +169,15 @@ class MaskSummary:
     height: int
     coverage: float
     has_mask: bool
+    masked: bool
     small: np.ndarray
     factor: int
 
 
 def summarize_view(view: View, max_size: int = CARVE_MAX_SIZE) -> MaskSummary:
     """Decode ``view`` (raises ``UserError`` for missing/unreadable files) and summarize its mask."""
-    alpha = load_view_rgba(view)[..., 3]
+    rgba, masked = decode_view(view)
+    alpha = rgba[..., 3]
     h, w = alpha.shape
     fg = alpha > 127
     factor = max(1, math.ceil(max(h, w) / max_size))
@@ -180,7 +185,7 @@ def summarize_view(view: View, max_size: int = CARVE_MAX_SIZE) -> MaskSummary:
     padded = np.zeros((hs * factor, ws * factor), dtype=bool)
     padded[:h, :w] = fg
     small = padded.reshape(hs, factor, ws, factor).any(axis=(1, 3))
-    return MaskSummary(w, h, float(fg.mean()), bool(alpha.min() < 255), small, factor)
+    return MaskSummary(w, h, float(fg.mean()), bool(alpha.min() < 255), masked, small, factor)
 
 
 def summarize_views(views: Sequence[View], workers: int | None = None, progress: bool = True) -> list[MaskSummary]:
@@ -201,6 +206,50 @@ def check_image_sizes(views: Sequence[View], summaries: Sequence[MaskSummary], s
             path=scene.root,
             hint="Fix 'w'/'h' (and the intrinsics) in the scene file, or resize the images to match.",
         )
+
+
+def check_masks(views: Sequence[View], masked: Sequence[bool], coverage: Sequence[float], scene: Scene) -> list[str]:
+    """``UserError`` when some views have a mask and others none, or when every mask is empty.
+
+    Args:
+        views: the views read (all of the scene's, or a sample).
+        masked: per view, whether it supplies a mask (``MaskSummary.masked``).
+        coverage: per view, the fraction of foreground pixels (alpha > 127).
+
+    A view without a mask counts as all foreground, so mixing the two teaches the
+    background as the object in the unmasked views; a scene of empty masks has no object
+    (the usual cause: inverted or blank mask exports). Returns a warning naming the views
+    whose mask alone is empty.
+    """
+    with_mask = [v.name for v, m in zip(views, masked, strict=True) if m]
+    without = [v.name for v, m in zip(views, masked, strict=True) if not m]
+    if with_mask and without:
+        raise UserError(
+            f"{len(with_mask)} of the {len(views)} views read have a mask ({_name_list(with_mask, 3)}) and "
+            f"{len(without)} have none ({_name_list(without, 3)}); a view without a mask counts as all "
+            "foreground, so the scene mixes masked and unmasked views.",
+            path=scene.root,
+            hint="Give every view a mask (an RGBA image or a separate mask file) or none.",
+        )
+    empty = [v.name for v, m, c in zip(views, masked, coverage, strict=True) if m and c == 0]
+    if with_mask and len(empty) == len(with_mask):
+        raise UserError(
+            f"every mask is empty: none of the {len(with_mask)} views read has a foreground pixel (alpha or "
+            "mask value > 127), so there is no object to reconstruct.",
+            path=scene.root,
+            hint="Check the masks (255 is the object, 0 the background); an inverted or blank export is the "
+            "usual cause.",
+        )
+    if empty:
+        names = _name_list(empty)
+        return [f"{scene.name}: {len(empty)} view(s) have an empty mask ({names}): the object is not in them."]
+    return []
+
+
+def check_summaries(views: Sequence[View], summaries: Sequence[MaskSummary], scene: Scene) -> list[str]:
+    """``check_image_sizes`` and ``check_masks`` of decoded views; returns the warnings."""
+    check_image_sizes(views, summaries, scene)
+    return check_masks(views, [s.masked for s in summaries], [s.coverage for s in summaries], scene)
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,7 +434,7 @@ def validate_scene(
     warnings += [w for w in check_scene(scene) if w not in warnings]
     if check_images:
         summaries = summarize_views(scene.views, workers=workers, progress=progress)
-        check_image_sizes(scene.views, summaries, scene)
+        warnings += [w for w in check_summaries(scene.views, summaries, scene) if w not in warnings]
         if carve_masks:
             result = estimate_content_bbox(scene.views, summaries, scene.normalization)
             warnings += [w for w in content_warnings(result, scene) if w not in warnings]
