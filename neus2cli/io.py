@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written output."""
+"""Atomic file writes (a crash or Ctrl-C never leaves a half-written output), and a check that
+an output location is writable before any expensive work."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from neus2cli.errors import UserError
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -28,3 +31,33 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def check_writable(path: Path, what: str) -> None:
+    """``UserError`` unless a file or folder could be created at ``path``; creates nothing that stays.
+
+    Walks up to the nearest existing ancestor (the folders that would be created) and
+    creates and removes a temporary file there: permission bits alone do not tell (root
+    ignores them; read-only mounts and full disks do not show in them). ``what`` names
+    the option or argument in the message ("--plot", "DST").
+    """
+    path = Path(path)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(
+            f"{what}: cannot create it, because {ancestor} is a file, not a folder.",
+            path=path,
+            hint="Choose a location whose parent folders are folders.",
+        )
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".neus2-write-check.", suffix=".tmp", dir=ancestor)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise UserError(
+            f"{what}: cannot write in {ancestor} ({err.strerror or err}).",
+            path=path,
+            hint="Choose a writable location.",
+        ) from None

@@ -12,6 +12,7 @@ import textwrap
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from neus2cli.errors import UserError
 
@@ -33,8 +34,10 @@ def _register_commands() -> None:
 
 def report_user_error(err: UserError) -> None:
     """Print ``err`` as one wrapped paragraph on stderr."""
-    text = textwrap.fill(str(err), width=100)
-    err_console.print(f"[bold red]error:[/bold red] {text}", highlight=False, markup=True, soft_wrap=True)
+    # Never break inside a word or at a hyphen: the paths in the message must stay copyable.
+    text = textwrap.fill(str(err), width=100, break_long_words=False, break_on_hyphens=False)
+    # The message names user paths: escaped, "scan[v2]" prints as itself, not as markup.
+    err_console.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False, markup=True, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

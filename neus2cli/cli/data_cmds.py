@@ -1,4 +1,8 @@
-"""Data commands: ``neus2 inspect`` and ``neus2 convert-neus`` (parse, call the library, print)."""
+"""Data commands: ``neus2 inspect`` and ``neus2 convert-neus`` (parse, call the library, print).
+
+Everything printed that came from the user (paths, scene names) is escaped, so that a
+folder called ``scan[v2]`` prints as itself and never as rich markup.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from neus2cli.cli import app
 from neus2cli.errors import UserError
@@ -28,7 +33,9 @@ def inspect_cmd(
         ..., help="Scene folder or JSON file (NeuS/IDR, Blender/NGP, NeuS2), or a dynamic-sequence folder."
     ),
     plot: Path | None = typer.Option(
-        None, "--plot", help="Also draw the cameras and the unit cube (normalized frame) to this PNG."
+        None,
+        "--plot",
+        help="Also draw the cameras and the unit cube (normalized frame) to this file (.png, .pdf or .svg).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     check: bool = typer.Option(
@@ -39,10 +46,18 @@ def inspect_cmd(
     ),
 ) -> None:
     """Summarize a scene: views, resolutions, cameras, normalization, content bounds, warnings."""
-    from neus2cli.data.inspect import describe_dynamic_scene, describe_scene, plot_cameras, render_description
+    from neus2cli.data.inspect import (
+        check_plot_path,
+        describe_dynamic_scene,
+        describe_scene,
+        plot_cameras,
+        render_description,
+    )
     from neus2cli.data.loader import is_dynamic_dir, load_dynamic_scene, load_scene
     from neus2cli.data.validate import validate_scene
 
+    if plot is not None:
+        check_plot_path(plot)  # before reading any image
     progress = not as_json
     if is_dynamic_dir(scene):
         dynamic = load_dynamic_scene(scene)
@@ -61,27 +76,35 @@ def inspect_cmd(
         console = Console()
         console.print(render_description(desc))
         if plot is not None:
-            console.print(f"camera plot written to {desc['plot']}")
+            console.print(f"camera plot written to {escape(desc['plot'])}", highlight=False)
 
 
 @app.command("convert-neus")
 def convert_neus_cmd(
     src: Path = typer.Argument(..., help="NeuS/IDR folder: cameras_sphere.npz, image/, mask/."),
     dst: Path = typer.Argument(..., help="Output folder for the NeuS2 JSON scene (must be new or empty)."),
-    test_views: str = typer.Option(
-        "8,13,16,21,26,31,34,56", "--test-views", help="Comma-separated view indices for transform_test.json."
+    test_views: str | None = typer.Option(
+        None,
+        "--test-views",
+        help="Comma-separated view indices for transform_test.json [default: NeuS2's DTU test views "
+        "8,13,16,21,26,31,34,56, those that exist].",
+        show_default=False,
     ),
     no_split: bool = typer.Option(
         False, "--no-split", help="Put every view in transform_train.json and write no test file."
     ),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty DST, replacing our files."),
 ) -> None:
-    """Convert a NeuS/IDR folder to NeuS2 format (RGBA images with the mask in alpha, OpenCV poses)."""
+    """Convert a NeuS/IDR folder to NeuS2 format (RGBA images with the mask in alpha, OpenCV poses).
+
+    The output is built beside DST and moved into place at the end: a failed conversion leaves DST as it was.
+    """
     from neus2cli.data.convert import convert_neus
 
-    paths = convert_neus(src, dst, test_views=_parse_indices(test_views), split=not no_split, overwrite=force)
+    indices = None if test_views is None else _parse_indices(test_views)
+    paths = convert_neus(src, dst, test_views=indices, split=not no_split, overwrite=force)
     jsons = [p for p in paths if p.suffix == ".json"]
     Console().print(
-        f"wrote {len(paths) - len(jsons)} images and {', '.join(p.name for p in jsons)} to {dst}",
+        escape(f"wrote {len(paths) - len(jsons)} images and {', '.join(p.name for p in jsons)} to {dst}"),
         highlight=False,
     )

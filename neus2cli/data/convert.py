@@ -13,25 +13,33 @@ Each JSON has ``from_na: true`` (OpenCV poses), ``integer_pixel_centers: true``
 meshes back to the original world frame: x_orig = scale_mat @ x). The **world frame
 of the output is the NeuS unit-sphere frame**: X_s = inv(scale_mat) X_w.
 
-With ``split=False`` (or when none of ``test_views`` exists) every view goes to
-transform_train.json and no test file is written: a JSON with an empty frame list
+With ``split=False`` (or when none of the default test views exists) every view goes
+to transform_train.json and no test file is written: a JSON with an empty frame list
 is not a scene, for NeuS2 or for us.
+
+The output is built in a hidden temporary folder beside DST and moved into place at
+the end, so a conversion that fails midway (a corrupt image, Ctrl-C) leaves DST as it
+was.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from neus2cli.data.cameras import decompose_projection
 from neus2cli.data.formats_neus import CAMERAS_FILE, DTU_TEST_VIEWS, read_neus_cameras
-from neus2cli.data.images import load_view_rgba, map_views
+from neus2cli.data.images import decode_view, map_views
 from neus2cli.data.loader import load_scene
-from neus2cli.data.scene import View
+from neus2cli.data.scene import Scene, View
+from neus2cli.data.validate import check_masks
 from neus2cli.errors import UserError
-from neus2cli.io import atomic_write
+from neus2cli.io import atomic_write, check_writable
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -72,21 +80,86 @@ def neus_cameras_sphere_frame(root: Path) -> tuple[np.ndarray, np.ndarray, np.nd
     return np.stack(Ks), np.stack(c2ws), scale_mats
 
 
-def _check_destination(dst: Path, overwrite: bool) -> None:
+def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    """``UserError`` unless ``dst`` may receive the output (cheap: nothing is written)."""
     if dst.exists() and not dst.is_dir():
-        raise UserError("the destination exists and is not a folder.", path=dst)
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
         raise UserError(
-            "the destination folder is not empty.",
-            path=dst,
-            hint="Choose a new folder, or pass --force (overwrite=True) to replace the files in it.",
+            "the destination exists and is not a folder.", path=dst, hint="Give a new or empty folder for DST."
         )
+    if dst.resolve() == src.resolve():
+        raise UserError("source and destination are the same folder.", path=dst, hint="Give a new folder for DST.")
+    if dst.is_dir() and any(dst.iterdir()):
+        if not overwrite:
+            raise UserError(
+                "the destination folder is not empty.",
+                path=dst,
+                hint="Choose a new folder, or pass --force (overwrite=True) to replace the files in it.",
+            )
+        images = dst / "images"
+        if images.exists() and not images.is_dir():
+            raise UserError("is not a folder, so the converted images cannot go there.", path=images)
+    check_writable(dst, "DST")
+
+
+def _check_test_views(test_views: tuple[int, ...], n_views: int, src: Path) -> None:
+    """``UserError`` for explicitly chosen test views that do not exist or leave nothing to train on."""
+    wrong = sorted(i for i in set(test_views) if not 0 <= i < n_views)
+    if wrong:
+        shown = ", ".join(str(i) for i in wrong[:8]) + (" ..." if len(wrong) > 8 else "")
+        raise UserError(
+            f"--test-views names view(s) {shown}, but the scene has {n_views} views (indices 0..{n_views - 1}).",
+            path=src,
+            hint="Indices count the images of image/ in sorted name order, from 0.",
+        )
+    if set(range(n_views)) <= set(test_views):
+        raise UserError(
+            f"--test-views holds out all {n_views} views, leaving none to train on.",
+            path=src,
+            hint="Leave some views out of --test-views, or pass --no-split to train on every view.",
+        )
+
+
+def _check_unique_names(views: list[View], src: Path) -> None:
+    """Two images with one stem (``a.png`` and ``a.jpg``) would write one output PNG."""
+    seen: dict[str, Path | None] = {}
+    for view in views:
+        if view.name in seen:
+            raise UserError(
+                f"{seen[view.name]} and {view.image_path} share the name {view.name!r}, so both would be "
+                f"written to images/{view.name}.png.",
+                path=src,
+                hint="Rename one of them (and its mask) so that every image has its own stem.",
+            )
+        seen[view.name] = view.image_path
+
+
+def _move_into(tmp: Path, dst: Path, names: list[str]) -> None:
+    """Move the built output ``tmp`` to ``dst``: a rename when ``dst`` is absent or empty; otherwise
+    (``--force``) replace ``dst/images/*.png`` and the JSONs file by file, images first so that no
+    JSON names a missing image, leaving other files alone."""
+    if dst.is_dir() and not any(dst.iterdir()):
+        dst.rmdir()
+    if not dst.exists():
+        os.rename(tmp, dst)
+        return
+    images = dst / "images"
+    images.mkdir(exist_ok=True)
+    new_pngs = {p.name for p in (tmp / "images").iterdir()}
+    for name in sorted(new_pngs):
+        os.replace(tmp / "images" / name, images / name)
+    for stale in images.glob("*.png"):
+        if stale.name not in new_pngs:
+            stale.unlink()
+    for name in names:
+        os.replace(tmp / name, dst / name)
+    if "transform_test.json" not in names:
+        (dst / "transform_test.json").unlink(missing_ok=True)  # a stale one from an earlier run
 
 
 def convert_neus(
     src: str | Path,
     dst: str | Path,
-    test_views: tuple[int, ...] | list[int] = DTU_TEST_VIEWS,
+    test_views: tuple[int, ...] | list[int] | None = None,
     split: bool = True,
     overwrite: bool = False,
     workers: int | None = None,
@@ -97,41 +170,84 @@ def convert_neus(
     Args:
         src: NeuS folder (``cameras_sphere.npz``, ``image/``, ``mask/``); without
             ``mask/`` the output alpha is 255 everywhere.
-        dst: output folder; must be absent or empty unless ``overwrite``.
-        test_views: view indices written to transform_test.json (those that exist).
-        split: False writes every view to transform_train.json and no test file.
+        dst: output folder; must be absent or empty unless ``overwrite``. Missing
+            parent folders are created.
+        test_views: view indices written to transform_test.json. None: NeuS2's DTU
+            test views ``DTU_TEST_VIEWS``, those that exist. Given explicitly, every
+            index must exist and at least one view must remain for training.
+        split: False writes every view to transform_train.json and no test file
+            (``test_views`` must then be None).
         overwrite: allow a non-empty ``dst``; the JSONs are replaced and the PNGs in
-            ``dst/images`` are deleted first; other files are left alone.
+            ``dst/images`` are replaced by the new ones (stale PNGs deleted); other
+            files are left alone.
         workers, progress: image-writing threads and progress bar.
 
     Returns:
         Paths written: the JSON files, then the images.
+
+    Raises:
+        UserError: bad source, bad ``test_views``, a destination that is a file, not
+            empty (without ``overwrite``) or not writable; checked before any image
+            is converted. A failure while converting leaves ``dst`` untouched.
     """
     src, dst = Path(src), Path(dst)
-    scene = load_scene(src, test_views=tuple(test_views) if split else ())
+    if test_views is not None and not split:
+        raise UserError("--test-views and --no-split contradict each other: give one of them.")
+    _check_destination(src, dst, overwrite)
+    explicit = test_views is not None
+    held_out = tuple(DTU_TEST_VIEWS if test_views is None else test_views)
+    scene = load_scene(src, test_views=held_out if split else ())
     if scene.format != "neus":
         raise UserError(
             f"not a NeuS/IDR folder (found a {scene.format} scene).",
             path=src,
             hint=f"convert-neus reads folders with {CAMERAS_FILE}, image/ and mask/.",
         )
-    if dst.resolve() == src.resolve():
-        raise UserError("source and destination are the same folder.", path=dst)
-    _check_destination(dst, overwrite)
+    if explicit:
+        _check_test_views(held_out, len(scene.views), src)
+    _check_unique_names(scene.views, src)
     K_int, c2w_sphere, scale_mats = neus_cameras_sphere_frame(src)
 
-    image_dir = dst / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for stale in image_dir.glob("*.png"):
-            stale.unlink()
+    # A hidden sibling (same file system, so the final rename is atomic), made with mkdir
+    # rather than mkdtemp so that it gets the usual permissions, not mkdtemp's 0700.
+    tmp = dst.parent / f".{dst.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise UserError(f"DST: cannot create the output folder ({err.strerror or err}).", path=dst) from None
+    try:
+        names = _write_scene(tmp, scene, K_int, c2w_sphere, scale_mats, split, workers, progress)
+        _move_into(tmp, dst, names)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a plain rename
+    return [dst / name for name in names] + [dst / "images" / f"{v.name}.png" for v in scene.views]
 
-    def write_one(view: View) -> Path:
-        out = image_dir / f"{view.name}.png"
-        write_png_atomic(out, load_view_rgba(view))
-        return out
 
-    image_paths = map_views(write_one, scene.views, workers=workers, progress=progress, desc="writing images")
+def _write_scene(
+    out: Path,
+    scene: Scene,
+    K_int: np.ndarray,
+    c2w_sphere: np.ndarray,
+    scale_mats: np.ndarray,
+    split: bool,
+    workers: int | None,
+    progress: bool,
+) -> list[str]:
+    """Write the converted images and JSONs into the (new, empty) folder ``out``; the JSON names."""
+    image_dir = out / "images"
+    image_dir.mkdir()
+
+    def write_one(view: View) -> tuple[Path, bool, float]:
+        path = image_dir / f"{view.name}.png"
+        rgba, masked = decode_view(view)
+        write_png_atomic(path, rgba)
+        return path, masked, float((rgba[..., 3] > 127).mean())
+
+    written = map_views(write_one, scene.views, workers=workers, progress=progress, desc="writing images")
+    image_paths = [w[0] for w in written]
+    # The pixels are at hand: refuse masks that would fail training (all empty) before DST changes.
+    check_masks(scene.views, [w[1] for w in written], [w[2] for w in written], scene)
 
     def frame(i: int) -> dict:
         K4 = np.eye(4)
@@ -154,14 +270,11 @@ def convert_neus(
         (w, h) = sizes.pop()
         header.update(w=w, h=h)
     header["scale_mat"] = scale_mats[0].tolist()
-    outputs = []
     parts = {"train": scene.split["train"], "test": scene.split["test"]}
     if not split or not parts["test"]:
         parts = {"train": list(range(len(scene.views)))}
+    names = []
     for name, indices in parts.items():
-        path = dst / f"transform_{name}.json"
-        write_json_atomic(path, {**header, "frames": [frame(i) for i in indices]})
-        outputs.append(path)
-    if "test" not in parts:
-        (dst / "transform_test.json").unlink(missing_ok=True)  # a stale one from an earlier run
-    return outputs + list(image_paths)
+        write_json_atomic(out / f"transform_{name}.json", {**header, "frames": [frame(i) for i in indices]})
+        names.append(f"transform_{name}.json")
+    return names

@@ -14,12 +14,17 @@ import numpy as np
 
 from neus2cli.data.scene import DynamicScene, Scene
 from neus2cli.data.validate import (
+    check_summaries,
     content_warnings,
     estimate_content_bbox,
     region_center_world,
     summarize_views,
 )
-from neus2cli.errors import DependencyError
+from neus2cli.errors import DependencyError, UserError
+from neus2cli.io import atomic_write, check_writable
+
+#: File types ``plot_cameras`` writes (matplotlib's, by suffix).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def _stats(values) -> dict:
@@ -54,6 +59,10 @@ def describe_scene(
         centre), cameras_inside_box, max_axis_angle_deg (largest angle between a
         camera's optical axis and the direction to the box centre), normalization,
         content_bbox_world / content_bbox_normalized ((2, 3) lists or None), warnings.
+
+    Raises:
+        UserError: among the views read, an image whose size disagrees with the scene
+            file, masked and unmasked views mixed, or every mask empty.
     """
     n = scene.normalization
     centre = region_center_world(n)
@@ -88,6 +97,7 @@ def describe_scene(
     if max_views > 0:
         views = [scene.views[i] for i in _subsample(len(scene.views), max_views)]
         summaries = summarize_views(views, workers=workers, progress=progress)
+        desc["warnings"] += [w for w in check_summaries(views, summaries, scene) if w not in desc["warnings"]]
         masked = [s for s in summaries if s.has_mask]
         if masked:
             desc["mask_coverage"] = {**_stats([s.coverage for s in masked]), "views_sampled": len(masked)}
@@ -133,38 +143,43 @@ def render_description(desc: dict):
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"{desc['name']} ({desc['format']})", show_header=False, title_justify="left")
+    # Names and paths come from the user: Text shows them as they are, never as rich markup.
+    table = Table(title=Text(f"{desc['name']} ({desc['format']})"), show_header=False, title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value")
-    table.add_row("root", desc["root"])
+
+    def add(field: str, value: str) -> None:
+        table.add_row(field, Text(value))
+
+    add("root", desc["root"])
     if desc.get("dynamic"):
-        table.add_row("frames", f"{desc['n_frames']} ({desc['frame_names'][0]} .. {desc['frame_names'][1]})")
-        table.add_row("views per frame (min/mean/max)", _fmt_stats(desc["views_per_frame"]))
-        table.add_row("first frame", "statistics below are for the first frame")
-    table.add_row("views", f"{desc['n_views']} ({desc['n_train']} train, {desc['n_test']} test)")
-    table.add_row("resolutions", ", ".join(f"{k} x{v}" for k, v in desc["resolutions"].items()))
-    table.add_row("focal length px (min/mean/max)", _fmt_stats(desc["focal_px"]))
+        add("frames", f"{desc['n_frames']} ({desc['frame_names'][0]} .. {desc['frame_names'][1]})")
+        add("views per frame (min/mean/max)", _fmt_stats(desc["views_per_frame"]))
+        add("first frame", "statistics below are for the first frame")
+    add("views", f"{desc['n_views']} ({desc['n_train']} train, {desc['n_test']} test)")
+    add("resolutions", ", ".join(f"{k} x{v}" for k, v in desc["resolutions"].items()))
+    add("focal length px (min/mean/max)", _fmt_stats(desc["focal_px"]))
     if desc["n_distorted"]:
-        table.add_row("distorted views", str(desc["n_distorted"]))
+        add("distorted views", str(desc["n_distorted"]))
     cov = desc["mask_coverage"]
-    table.add_row(
+    add(
         "mask coverage (min/mean/max)",
         "no masks (all foreground)" if cov is None else f"{_fmt_stats(cov)} over {cov['views_sampled']} views",
     )
     norm = desc["normalization"]
-    table.add_row(
+    add(
         "normalization",
         f"x_norm = x_world * {norm['scale']:.6g} + {_fmt_vec(norm['offset'])}; "
         f"box {_fmt_vec(norm['aabb'][0])}-{_fmt_vec(norm['aabb'][1])}",
     )
-    table.add_row("camera to box centre, world", _fmt_stats(desc["camera_distance_world"]))
-    table.add_row("camera to box centre, normalized", _fmt_stats(desc["camera_distance_normalized"]))
-    table.add_row("cameras inside the box", str(desc["cameras_inside_box"]))
-    table.add_row("max optical-axis angle to centre", f"{desc['max_axis_angle_deg']:.1f} deg")
+    add("camera to box centre, world", _fmt_stats(desc["camera_distance_world"]))
+    add("camera to box centre, normalized", _fmt_stats(desc["camera_distance_normalized"]))
+    add("cameras inside the box", str(desc["cameras_inside_box"]))
+    add("max optical-axis angle to centre", f"{desc['max_axis_angle_deg']:.1f} deg")
     if desc["content_bbox_normalized"] is not None:
         bw, bn = desc["content_bbox_world"], desc["content_bbox_normalized"]
-        table.add_row("content bbox (masks), world", f"{_fmt_vec(bw[0])} - {_fmt_vec(bw[1])}")
-        table.add_row("content bbox (masks), normalized", f"{_fmt_vec(bn[0])} - {_fmt_vec(bn[1])}")
+        add("content bbox (masks), world", f"{_fmt_vec(bw[0])} - {_fmt_vec(bw[1])}")
+        add("content bbox (masks), normalized", f"{_fmt_vec(bn[0])} - {_fmt_vec(bn[1])}")
     parts = [table]
     for w in desc["warnings"]:
         parts.append(Text(f"warning: {w}", style="yellow"))
@@ -188,23 +203,47 @@ def _frustum_lines(view, normalization, depth: float) -> list[np.ndarray]:
     return lines
 
 
-def plot_cameras(scene: Scene, out_png: str | Path, frustum_depth: float | None = None) -> Path:
-    """Draw the camera frusta (train blue, test orange) and the reconstruction box, in the
-    normalized frame, to ``out_png``. Needs matplotlib (``pip install 'neus2cli[plot]'``).
-
-    Args:
-        frustum_depth: frustum length in normalized units; default 15% of the median
-            camera distance to the box centre.
-    """
+def _require_matplotlib() -> None:
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError:
         raise DependencyError(
             "plotting cameras needs matplotlib, which is not installed.",
             hint="Install it with `pip install 'neus2cli[plot]'` (or `pip install matplotlib`).",
         ) from None
-    out_png = Path(out_png)
+
+
+def check_plot_path(path: str | Path) -> Path:
+    """``path`` if ``plot_cameras`` can write it: a supported suffix, a writable location and
+    matplotlib installed; else a ``UserError`` naming ``--plot``. Cheap: run it before the scene."""
+    path = Path(path)
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise UserError(
+            f"--plot: cannot write a {path.suffix or 'suffix-less'} file; the plot is an image.",
+            path=path,
+            hint=f"Give a file name ending in {', '.join(PLOT_SUFFIXES)}.",
+        )
+    if path.is_dir():
+        raise UserError("--plot: is a folder.", path=path, hint="Give a file name such as cameras.png.")
+    check_writable(path, "--plot")
+    _require_matplotlib()
+    return path
+
+
+def plot_cameras(scene: Scene, out_png: str | Path, frustum_depth: float | None = None) -> Path:
+    """Draw the camera frusta (train blue, test orange) and the reconstruction box, in the
+    normalized frame, to ``out_png`` (PNG, PDF or SVG by suffix, written atomically).
+    Needs matplotlib (``pip install 'neus2cli[plot]'``).
+
+    Args:
+        frustum_depth: frustum length in normalized units; default 15% of the median
+            camera distance to the box centre.
+    """
+    _require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_png = check_plot_path(out_png)
     n = scene.normalization
     centres = n.world_to_normalized(np.stack([v.c2w[:3, 3] for v in scene.views]))
     box_centre = n.aabb.mean(axis=0)
@@ -238,6 +277,6 @@ def plot_cameras(scene: Scene, out_png: str | Path, frustum_depth: float | None 
     ax.set_ylabel("y")
     ax.set_zlabel("z")
     ax.set_title(f"{scene.name}: {len(scene.views)} cameras (blue train, orange test), normalized frame")
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    # The temporary file's suffix is not the plot's: name the format explicitly.
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=110, format=out_png.suffix.lower()[1:]))
     return out_png
