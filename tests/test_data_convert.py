@@ -10,19 +10,21 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from neus2cli.cli import main
 from neus2cli.data.convert import convert_neus
 from neus2cli.data.loader import load_scene
 from neus2cli.errors import UserError
+from tests import cli_table
 from tests.conftest import REPO_ROOT
 from tests.test_data_scenes import write_neus_folder
 
 
 def run_cli(argv: list[str]) -> int:
-    """Run ``neus2 ARGV`` in-process (the console script's own entry point); its exit code."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    return info.value.code or 0
+    """Run ``neus2 ARGV`` in-process; its exit code. The output is passed on to stdout/stderr
+    (for ``capsys``)."""
+    result = cli_table.run_cli(argv)
+    sys.stdout.write(result.out)
+    sys.stderr.write(result.err)
+    return result.code
 
 
 def _project_converted(frame: dict, X_sphere: np.ndarray) -> np.ndarray:
@@ -133,3 +135,42 @@ def test_cli_convert_success_and_refusal(tmp_path, capsys):
     assert "not empty" in err and "--force" in err
     assert run_cli(["convert-neus", str(src), str(tmp_path / "out2"), "--test-views", "1,x"]) == 2
     assert "--test-views must be comma-separated" in " ".join(capsys.readouterr().err.split())
+
+
+def test_convert_16bit_grayscale_images_and_masks(tmp_path):
+    """16-bit grayscale images -> 8-bit RGB (round(x / 257) in every channel); 16-bit masks -> alpha."""
+    from PIL import Image
+
+    src, _, _ = write_neus_folder(tmp_path / "src", n=4)
+    rng = np.random.default_rng(1)
+    grays = {}
+    for image, mask in zip(sorted((src / "image").iterdir()), sorted((src / "mask").iterdir()), strict=True):
+        gray = rng.integers(0, 65536, (30, 40)).astype(np.uint16)
+        Image.fromarray(gray).save(image)
+        fg = iio.imread(mask)[..., 0] > 127
+        Image.fromarray(np.where(fg, 65535, 0).astype(np.uint16)).save(mask)
+        grays[image.stem] = (gray, fg)
+    convert_neus(src, tmp_path / "dst", test_views=(1,), progress=False)
+    for stem, (gray, fg) in grays.items():
+        rgba = iio.imread(tmp_path / "dst" / "images" / f"{stem}.png")
+        expected = ((gray.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # round(x * 255 / 65535)
+        for c in range(3):
+            np.testing.assert_array_equal(rgba[..., c], expected)
+        np.testing.assert_array_equal(rgba[..., 3], np.where(fg, 255, 0))
+
+
+def test_convert_builds_beside_dst_and_force_keeps_other_files(tmp_path):
+    src, _, _ = write_neus_folder(tmp_path / "src", n=4)
+    dst = tmp_path / "deep" / "dst"  # missing parents are created
+    convert_neus(src, dst, test_views=(1,), progress=False)
+    (tmp_path / "plain").mkdir()
+    # Built in a temporary folder and renamed: the usual permissions, not a private temp folder's 0700.
+    assert dst.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    (dst / "notes.txt").write_text("mine")
+    (dst / "images" / "stale.png").write_bytes(b"old")
+    (dst / "images" / "keep.txt").write_text("mine too")
+    convert_neus(src, dst, split=False, overwrite=True, progress=False)
+    assert (dst / "notes.txt").read_text() == "mine" and (dst / "images" / "keep.txt").exists()
+    assert sorted(p.name for p in (dst / "images").glob("*.png")) == [f"{i:06d}.png" for i in range(4)]
+    assert not (dst / "transform_test.json").exists()
+    assert [p.name for p in dst.parent.iterdir()] == ["dst"]  # no temporary folder left beside it

@@ -56,6 +56,10 @@ def test_render_and_plot(tmp_path):
     assert "8 (7 train, 1 test)" in text and "content bbox" in text
     out = plot_cameras(scene, tmp_path / "plots" / "cams.png")
     assert out.stat().st_size > 1000  # a real PNG, not an empty file
+    assert out.read_bytes().startswith(b"\x89PNG")
+    # The format follows the suffix, although the temporary file's suffix is ".tmp".
+    assert plot_cameras(scene, tmp_path / "plots" / "cams.svg").read_text().lstrip().startswith("<?xml")
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["cams.png", "cams.svg"]
 
 
 def test_describe_dynamic(tmp_path):
