@@ -7,6 +7,11 @@ from rich.console import Console
 _console = Console(stderr=True)
 
 
+def console() -> Console:
+    """The stderr console that warnings, notes and progress (``neus2cli.progress``) share."""
+    return _console
+
+
 def warn(message: str) -> None:
     _console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
