@@ -13,6 +13,7 @@ from torch import nn
 
 from neus2cli.config import ModelConfig
 from neus2cli.model.encoding import HashGridConfig, make_hash_grid
+from neus2cli.model.mlp import make_mlp
 from neus2cli.model.sh import make_sh_encoding
 
 
@@ -76,20 +77,17 @@ class SDFNetwork(nn.Module):
 
 
 class ColorNetwork(nn.Module):
-    """[SDF-net outputs, SH(view dir), x - 0.5, grad SDF (unnormalized)] -> 64 -> 64 -> 3, sigmoid."""
+    """[SDF-net outputs, SH(view dir), x - 0.5, grad SDF (unnormalized)] -> 64 -> 64 -> 3, sigmoid.
+
+    The MLP (``make_mlp``) has no biases; the sigmoid is applied here, in float32.
+    """
 
     def __init__(self, cfg: ModelConfig, backend: str):
         super().__init__()
         self.sh = make_sh_encoding(cfg.sh_degree, backend)
         n_in = cfg.sdf_outputs + cfg.sh_degree**2 + 3 + 3
-        layers: list[nn.Module] = []
-        for i in range(cfg.color_layers):
-            layers += [
-                nn.Linear(n_in if i == 0 else cfg.color_hidden, cfg.color_hidden, bias=False),
-                nn.ReLU(),
-            ]
-        layers.append(nn.Linear(cfg.color_hidden, 3, bias=False))
-        self.mlp = nn.Sequential(*layers)
+        # Only first-order gradients flow through it, so the tcnn backend can fuse it.
+        self.mlp = make_mlp(n_in, 3, cfg.color_hidden, cfg.color_layers, backend)
 
     def forward(
         self, sdf_outputs: torch.Tensor, dirs: torch.Tensor, x: torch.Tensor, grad: torch.Tensor
