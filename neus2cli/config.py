@@ -55,6 +55,10 @@ class ModelConfig:
     """Spherical-harmonics degree of the view-direction encoding."""
     init_variance: float = 0.3
     """Initial v of the sharpness s = exp(10 v)."""
+    sdf_gradient: Literal["closed_form", "autograd"] = "closed_form"
+    """How training differentiates the SDF gradient: closed_form (NeuS2's: the ReLU MLP's input gradient and
+    its parameter derivatives as a few matmuls, autograd only through the hash grid; fast) or autograd (the
+    generic double backward through the whole network; the reference)."""
 
 
 @dataclass

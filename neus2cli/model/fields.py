@@ -14,6 +14,7 @@ from torch import nn
 from neus2cli.config import ModelConfig
 from neus2cli.model.encoding import HashGridConfig, make_hash_grid
 from neus2cli.model.mlp import make_mlp
+from neus2cli.model.sdf_mlp import sdf_mlp_with_gradient
 from neus2cli.model.sh import make_sh_encoding
 
 
@@ -35,6 +36,9 @@ class SDFNetwork(nn.Module):
     ``-sdf_bias`` around the cube centre: with first-layer xyz weights ~ N(0, 2/64),
     E[sum_j relu(w_j . p)] = 64 * sqrt(2)/8 * |p| / sqrt(2 pi), and the constant output
     weight sqrt(pi)/8 turns that into exactly |p|.
+
+    ``cfg.sdf_gradient`` picks how :meth:`sdf_and_gradient` differentiates: "closed_form" (the
+    MLP's part in closed form, :mod:`neus2cli.model.sdf_mlp`) or "autograd" (the reference).
     """
 
     def __init__(self, cfg: ModelConfig, backend: str):
@@ -44,6 +48,9 @@ class SDFNetwork(nn.Module):
         self.n_levels = cfg.n_levels
         self.n_features_per_level = cfg.n_features_per_level
         self.sdf_bias = cfg.sdf_bias
+        if cfg.sdf_gradient not in ("closed_form", "autograd"):
+            raise ValueError(f"sdf_gradient must be 'closed_form' or 'autograd', got {cfg.sdf_gradient!r}")
+        self.sdf_gradient = cfg.sdf_gradient
         self.hidden = nn.Linear(3 + n_enc, cfg.sdf_hidden, bias=False)
         self.out = nn.Linear(cfg.sdf_hidden, cfg.sdf_outputs, bias=False)
         self.register_buffer("level_mask", torch.ones(n_enc))
@@ -68,12 +75,42 @@ class SDFNetwork(nn.Module):
     def active_levels(self) -> int:
         return int(self.level_mask.reshape(self.n_levels, -1)[:, 0].sum().item())
 
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        # tcnn's fp16 features become the MLP's dtype (float32; float64 for a .double() torch model);
+        # the mask multiplies before the MLP so masked levels get no gradient.
+        return self.encoding(x).to(self.hidden.weight.dtype) * self.level_mask
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, 3) normalized -> sdf (N,), outputs (N, sdf_outputs) (channel 0 without the bias)."""
-        features = self.encoding(x).float() * self.level_mask
+        features = self._features(x)
         h = torch.relu(self.hidden(torch.cat([x - 0.5, features], dim=-1)))
         out = self.out(h)
         return out[:, 0] + self.sdf_bias, out
+
+    def sdf_and_gradient(self, x: torch.Tensor, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, 3) normalized -> sdf (N,), grad (N, 3) = d sdf / d x, outputs (N, sdf_outputs).
+
+        ``create_graph=True`` keeps the graph of ``grad`` for the loss's second backward. ``x`` keeps
+        its own graph when it has one (the dynamic global transform learns through it).
+        """
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            if self.sdf_gradient == "autograd":
+                sdf, outputs = self(x)
+                (grad,) = torch.autograd.grad(sdf, x, torch.ones_like(sdf), create_graph=create_graph)
+                return sdf, grad, outputs
+            features = self._features(x)
+            outputs, g = sdf_mlp_with_gradient(
+                torch.cat([x - 0.5, features], dim=-1), self.hidden.weight, self.out.weight
+            )
+            if not create_graph:
+                g = g.detach()
+            # The hash grid's Jacobian (and, with create_graph, its second-order term) is the only
+            # generic part left. allow_unused: tcnn's encoding of zero points does not read x.
+            (grad_features,) = torch.autograd.grad(features, x, g[:, 3:], create_graph=create_graph, allow_unused=True)
+        grad = g[:, :3] if grad_features is None else g[:, :3] + grad_features
+        return outputs[:, 0] + self.sdf_bias, grad, outputs
 
 
 class ColorNetwork(nn.Module):
@@ -122,13 +159,7 @@ class NeuSModel(nn.Module):
         ``create_graph=True`` keeps the graph of the gradient, so the eikonal loss can be
         differentiated w.r.t. the parameters (double backward).
         """
-        with torch.enable_grad():
-            # Keep x's own graph when it has one: the dynamic global transform learns through it.
-            if not x.requires_grad:
-                x = x.detach().requires_grad_(True)
-            sdf, outputs = self.sdf_net(x)
-            (grad,) = torch.autograd.grad(sdf, x, torch.ones_like(sdf), create_graph=create_graph)
-        return sdf, grad, outputs
+        return self.sdf_net.sdf_and_gradient(x, create_graph)
 
     def color(self, sdf_outputs: torch.Tensor, dirs: torch.Tensor, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         return self.color_net(sdf_outputs, dirs, x, grad)
