@@ -9,6 +9,7 @@ import pytest
 import torch
 import trimesh
 
+from neus2cli.compute import Compute
 from neus2cli.config import resolve_config
 from neus2cli.train.dynamic import DynamicRun, train_dynamic
 from neus2cli.train.rigid import rotation_angle_deg
@@ -95,7 +96,7 @@ def test_output_contract_and_frame_rebuild(incremental, tmp_path):
         frame=2,
         resolution=cfg["output"]["mesh_resolution"],
         out=tmp_path / "f2.ply",
-        backend="torch",
+        compute=Compute.cpu(),
         min_component_fraction=cfg["output"]["remove_floaters"],
     )
     rebuilt, stored = trimesh.load(out), trimesh.load(run_dir / "frames" / "0002" / "mesh.ply")
@@ -108,7 +109,7 @@ def test_later_frames_keep_the_sharpness_of_frame_0(incremental):
     from neus2cli.train.dynamic import trainer_for_frame
 
     run_dir, _ = incremental
-    inv_s = [trainer_for_frame(run_dir, k, backend="torch")[0].model.inv_s.detach().item() for k in range(3)]
+    inv_s = [trainer_for_frame(run_dir, k, Compute.cpu())[0].model.inv_s.detach().item() for k in range(3)]
     # dynamic.freeze_sharpness: learned on and on, s grew 40x in 5 frames and tracking failed.
     assert inv_s[1] == inv_s[0] and inv_s[2] == inv_s[0], inv_s
 

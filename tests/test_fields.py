@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from neus2cli.compute import Compute
 from neus2cli.config import ModelConfig
 from neus2cli.model.fields import NeuSModel
 
@@ -25,7 +26,7 @@ def test_geometric_init_is_a_sphere_of_radius_0_1():
     # = c * r * sum_j |w_j| / 4 - 0.1, whose expectation is exactly r - 0.1 (E|w| = sigma * 2 sqrt(2/pi)).
     # The sum over 64 chi_3 variables has a relative std of 0.42 / 1.596 / sqrt(64) = 0.053; 4 sigma = 0.21.
     torch.manual_seed(0)
-    model = NeuSModel(SMALL, "torch")
+    model = NeuSModel(SMALL, Compute.cpu())
     dirs = _fibonacci_dirs(4000).float()
     for r in (0.05, 0.1, 0.2, 0.35):
         sdf = model.sdf(0.5 + r * dirs)
@@ -39,7 +40,7 @@ def test_geometric_init_is_a_sphere_of_radius_0_1():
 def test_hash_features_start_with_no_influence():
     # Feature columns of the first layer are zero at init, so the grid does not perturb the sphere.
     torch.manual_seed(0)
-    model = NeuSModel(SMALL, "torch")
+    model = NeuSModel(SMALL, Compute.cpu())
     x = torch.rand(256, 3)
     before = model.sdf(x)
     with torch.no_grad():
@@ -49,7 +50,7 @@ def test_hash_features_start_with_no_influence():
 
 def test_level_mask_hides_fine_levels():
     torch.manual_seed(0)
-    model = NeuSModel(SMALL, "torch")
+    model = NeuSModel(SMALL, Compute.cpu())
     with torch.no_grad():
         model.sdf_net.hidden.weight.normal_(0, 0.5)
     x = torch.rand(128, 3)
@@ -66,7 +67,7 @@ def test_level_mask_hides_fine_levels():
 
 def test_gradient_and_double_backward():
     torch.manual_seed(0)
-    model = NeuSModel(SMALL, "torch")
+    model = NeuSModel(SMALL, Compute.cpu())
     x = torch.rand(64, 3)
     sdf, grad, outputs = model.sdf_and_gradient(x, create_graph=True)
     assert sdf.shape == (64,) and grad.shape == (64, 3) and outputs.shape == (64, SMALL.sdf_outputs)
@@ -81,7 +82,7 @@ def test_gradient_and_double_backward():
 
 
 def test_inv_s_starts_at_exp_3():
-    model = NeuSModel(SMALL, "torch")
+    model = NeuSModel(SMALL, Compute.cpu())
     assert math.isclose(model.inv_s.item(), math.exp(3.0), rel_tol=1e-6)
 
 
@@ -91,14 +92,14 @@ def test_sample_budget_renders_the_leading_rays_unchanged():
     from neus2cli.render.renderer import render_rays
 
     torch.manual_seed(0)
-    model = NeuSModel(SMALL, "torch")
-    grid = make_occupancy_grid("torch", [0.0, 0.0, 0.0, 1.0, 1.0, 1.0], 16)
+    model = NeuSModel(SMALL, Compute.cpu())
+    grid = make_occupancy_grid(Compute.cpu(), [0.0, 0.0, 0.0, 1.0, 1.0, 1.0], 16)
     grid.binaries.fill_(True)
     n = 32
     rays_o = torch.tensor([0.5, 0.5, -0.5]).expand(n, 3) + 0.05 * torch.randn(n, 3) * torch.tensor([1.0, 1.0, 0.0])
     rays_d = torch.tensor([0.0, 0.0, 1.0]).expand(n, 3)
     bg = torch.rand(n, 3)
-    kw = dict(step_size=0.01, bg_color=bg, train=False)
+    kw = dict(step_size=0.01, bg_color=bg, impl="torch", train=False)
     full = render_rays(model, grid, rays_o, rays_d, **kw)
     cut = render_rays(model, grid, rays_o, rays_d, max_samples=full.n_samples // 3, **kw)
     assert 0 < cut.rgb.shape[0] < n and cut.n_samples <= full.n_samples // 3

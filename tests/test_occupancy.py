@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from neus2cli.compute import Compute
 from neus2cli.render.aabb import ray_aabb_intersect
 from neus2cli.render.occupancy import TorchOccupancyGrid, _f32_march_table, make_occupancy_grid
 from tests.conftest import requires_cuda
@@ -439,10 +440,10 @@ def test_state_dict_has_nerfacc_layout_and_round_trips():
 
 
 def test_make_occupancy_grid():
-    grid = make_occupancy_grid("torch", UNIT, 8)
+    grid = make_occupancy_grid(Compute.cpu(), UNIT, 8)
     assert isinstance(grid, TorchOccupancyGrid) and grid.binaries.shape == (1, 8, 8, 8)
     with pytest.raises(ValueError, match="backend"):
-        make_occupancy_grid("cuda", UNIT, 8)
+        Compute("cuda", torch.device("cpu"))
 
 
 def test_make_occupancy_grid_tcnn_without_nerfacc_is_a_dependency_error():
@@ -452,7 +453,7 @@ def test_make_occupancy_grid_tcnn_without_nerfacc_is_a_dependency_error():
     if torch.cuda.is_available():
         pytest.skip("this machine may have nerfacc")
     with pytest.raises(DependencyError):
-        make_occupancy_grid("tcnn", UNIT, 8)
+        make_occupancy_grid(Compute("tcnn", torch.device("cuda")), UNIT, 8)
 
 
 # --------------------------------------------------------------------------- GPU parity

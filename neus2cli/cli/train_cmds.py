@@ -122,6 +122,7 @@ def export_mesh(
     backend: BackendChoice = typer.Option(BackendChoice.auto, "--backend", help="Compute path."),
 ) -> None:
     """Extract a coloured, watertight mesh in the scene's world coordinates."""
+    from neus2cli.compute import resolve_compute
     from neus2cli.train.run_mesh import export_run_mesh
 
     path = export_run_mesh(
@@ -133,7 +134,7 @@ def export_mesh(
         color=not no_color,
         min_component_fraction=min_component,
         frame=frame,
-        backend=backend.value,
+        compute=resolve_compute(backend.value),
     )
     console.print(f"[green]wrote[/green] {path}")
 

@@ -38,14 +38,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from neus2cli.backends import Backend
+from neus2cli.backends import Backend, import_tcnn
 
 # tcnn's coherent prime hash factors for x, y, z (the first is 1 so neighbouring x
 # vertices stay neighbours in memory).
@@ -365,9 +364,7 @@ class TcnnHashGrid(HashGrid):
 
     def __init__(self, cfg: HashGridConfig, seed: int = 1337, dtype: torch.dtype | None = None):
         super().__init__(cfg)
-        from neus2cli import backends
-
-        tcnn = backends.import_tcnn()
+        tcnn = import_tcnn()
         kwargs = {} if dtype is None else {"dtype": dtype}
         enc = tcnn.Encoding(3, cfg.to_tcnn_dict(), seed=int(seed), **kwargs)
         if int(enc.n_output_dims) != self.n_output_dims or enc.params.numel() != self.layout.n_params:

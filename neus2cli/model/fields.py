@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from neus2cli.compute import Compute
 from neus2cli.config import ModelConfig
 from neus2cli.model.encoding import HashGridConfig, make_hash_grid
 from neus2cli.model.mlp import make_mlp
@@ -135,14 +136,14 @@ class ColorNetwork(nn.Module):
 
 
 class NeuSModel(nn.Module):
-    """SDF network, colour network and the sharpness s = exp(10 v) (``inv_s``)."""
+    """SDF network, colour network and the sharpness s = exp(10 v) (``inv_s``), on ``compute.device``."""
 
-    def __init__(self, cfg: ModelConfig, backend: str):
+    def __init__(self, cfg: ModelConfig, compute: Compute):
         super().__init__()
-        self.backend = backend
-        self.sdf_net = SDFNetwork(cfg, backend)
-        self.color_net = ColorNetwork(cfg, backend)
+        self.sdf_net = SDFNetwork(cfg, compute.backend)
+        self.color_net = ColorNetwork(cfg, compute.backend)
         self.variance = nn.Parameter(torch.tensor(float(cfg.init_variance)))
+        self.to(compute.device)
 
     @property
     def inv_s(self) -> torch.Tensor:

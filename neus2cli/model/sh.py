@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from functools import cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,8 +28,7 @@ from numpy.polynomial import legendre as npleg
 from numpy.polynomial import polynomial as nppoly
 from torch import nn
 
-if TYPE_CHECKING:
-    from neus2cli.backends import Backend
+from neus2cli.backends import Backend, import_tcnn
 
 MAX_SH_DEGREE = 8  # tcnn implements degrees 1..8 (up to band 7)
 _BACKENDS = ("tcnn", "torch")
@@ -132,9 +130,7 @@ class TcnnSHEncoding(nn.Module):
 
     def __init__(self, degree: int = 4, dtype: torch.dtype | None = None):
         super().__init__()
-        from neus2cli import backends
-
-        tcnn = backends.import_tcnn()
+        tcnn = import_tcnn()
         self.degree = _check_degree(degree)
         self.n_output_dims = self.degree**2
         kwargs = {} if dtype is None else {"dtype": dtype}

@@ -1,7 +1,7 @@
 """Occupancy-grid ray marching: a pure-PyTorch twin of nerfacc 0.5.x's ``OccGridEstimator``.
 
-``make_occupancy_grid("tcnn", ...)`` returns nerfacc's ``OccGridEstimator`` (the GPU path);
-``make_occupancy_grid("torch", ...)`` returns ``TorchOccupancyGrid``, which has the same
+``make_occupancy_grid(compute, ...)`` returns nerfacc's ``OccGridEstimator`` for the ``tcnn`` backend
+(the GPU path) and ``TorchOccupancyGrid`` for ``torch``, which has the same
 constructor, methods, buffers and ``state_dict`` keys, so callers and checkpoints do not care
 which one they hold. Rays, cells and samples are in the grid's roi frame (in neus2cli the
 normalized unit cube); distances ``t`` are in units of ``|rays_d|``.
@@ -43,6 +43,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from neus2cli.backends import import_nerfacc
+from neus2cli.compute import Compute
 from neus2cli.render.aabb import ray_aabb_intersect
 from neus2cli.render.volrend import render_visibility_from_alpha, render_visibility_from_density
 
@@ -631,26 +633,21 @@ class TorchOccupancyGrid(nn.Module):
 
 
 def make_occupancy_grid(
-    backend: str,
+    compute: Compute,
     roi_aabb: Sequence[float] | Tensor,
     resolution: int | Sequence[int] = 128,
     levels: int = 1,
 ) -> nn.Module:
-    """The occupancy grid of a backend: nerfacc's ``OccGridEstimator`` for ``"tcnn"`` (the GPU
-    path), ``TorchOccupancyGrid`` for ``"torch"``. Both expose ``sampling``,
+    """The occupancy grid of ``compute.backend``, on ``compute.device``: nerfacc's ``OccGridEstimator``
+    for ``"tcnn"`` (the GPU path), ``TorchOccupancyGrid`` for ``"torch"``. Both expose ``sampling``,
     ``update_every_n_steps``, ``binaries``, ``occs`` and the same ``state_dict`` keys
     (``resolution``, ``aabbs``, ``occs``, ``binaries``), so a checkpoint of one loads into the other.
-    The grid is created on the CPU; move it with ``.to(device)``.
 
     Raises:
         DependencyError: ``"tcnn"`` without an importable nerfacc.
     """
-    if backend == "torch":
-        return TorchOccupancyGrid(roi_aabb, resolution, levels)
-    if backend == "tcnn":
-        from neus2cli.backends import import_nerfacc
-
-        nerfacc = import_nerfacc()
-        aabb = torch.as_tensor(roi_aabb, dtype=torch.float32).reshape(-1)
-        return nerfacc.OccGridEstimator(roi_aabb=aabb, resolution=resolution, levels=levels)
-    raise ValueError(f"backend must be 'tcnn' or 'torch', got {backend!r}")
+    if compute.backend == "torch":
+        return TorchOccupancyGrid(roi_aabb, resolution, levels).to(compute.device)
+    nerfacc = import_nerfacc()
+    aabb = torch.as_tensor(roi_aabb, dtype=torch.float32).reshape(-1)
+    return nerfacc.OccGridEstimator(roi_aabb=aabb, resolution=resolution, levels=levels).to(compute.device)

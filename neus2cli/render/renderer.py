@@ -13,7 +13,7 @@ import torch
 
 from neus2cli.model.fields import NeuSModel
 from neus2cli.render.neus import neus_alpha, neus_alpha_from_sdf_pair
-from neus2cli.render.volrend import accumulate_along_rays, render_weight_from_alpha
+from neus2cli.render.volrend import Impl, accumulate_along_rays, render_weight_from_alpha
 
 RayTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -54,6 +54,7 @@ def render_rays(
     *,
     step_size: float,
     bg_color: torch.Tensor,
+    impl: Impl,
     early_stop_eps: float = 1e-4,
     train: bool = False,
     cos_anneal_ratio: float = 1.0,
@@ -70,6 +71,7 @@ def render_rays(
         rays_d: (n_rays, 3) unit directions.
         step_size: marching step in normalized units.
         bg_color: (3,) or (n_rays, 3) background colour in [0, 1].
+        impl: the compositing implementation, ``Compute.composite_impl`` ("nerfacc" or "torch").
         early_stop_eps: stop a ray once its transmittance is below this.
         train: jitter samples (stratified) and keep the graph for the eikonal double backward.
         cos_anneal_ratio: NeuS cosine annealing ratio (1 = off).
@@ -133,7 +135,7 @@ def render_rays(
     alpha = neus_alpha(sdf, grad, dirs, t_ends - t_starts, inv_s, cos_anneal_ratio)
     rgb = model.color(outputs, dirs, x, grad)
 
-    weights, _ = render_weight_from_alpha(alpha, ray_indices=ray_indices, n_rays=n_rays)
+    weights, _ = render_weight_from_alpha(alpha, ray_indices=ray_indices, n_rays=n_rays, impl=impl)
     color = accumulate_along_rays(weights, rgb, ray_indices=ray_indices, n_rays=n_rays)
     opacity = accumulate_along_rays(weights, None, ray_indices=ray_indices, n_rays=n_rays).squeeze(-1)
     depth = accumulate_along_rays(weights, t_mid[:, None], ray_indices=ray_indices, n_rays=n_rays).squeeze(-1)
@@ -151,6 +153,7 @@ def render_image_rays(
     *,
     step_size: float,
     bg_color: torch.Tensor,
+    impl: Impl,
     chunk: int = 4096,
     early_stop_eps: float = 1e-4,
     alpha_thre: float = 1e-4,
@@ -160,7 +163,8 @@ def render_image_rays(
     Samples with alpha below ``alpha_thre`` are skipped (each would add less than that to a pixel),
     which keeps the shell of low-opacity samples around a young surface from dominating the cost.
 
-    Returns ``rgb`` (n, 3), ``opacity`` (n,), ``depth`` (n,), ``normal`` (n, 3), detached.
+    ``impl`` as in ``render_rays``. Returns ``rgb`` (n, 3), ``opacity`` (n,), ``depth`` (n,), ``normal``
+    (n, 3), detached.
     """
     parts: dict[str, list[torch.Tensor]] = {"rgb": [], "opacity": [], "depth": [], "normal": []}
     for start in range(0, rays_o.shape[0], chunk):
@@ -171,6 +175,7 @@ def render_image_rays(
             rays_d[start : start + chunk],
             step_size=step_size,
             bg_color=bg_color,
+            impl=impl,
             early_stop_eps=early_stop_eps,
             train=False,
             alpha_thre=alpha_thre,

@@ -8,9 +8,10 @@ Samples are **packed**: flat per-sample tensors of shape (n_samples,) plus ``ray
     T_i = prod_{j < i} (1 - alpha_j)      (transmittance, exclusive product along the ray)
     w_i = T_i * alpha_i                    (weights)
 
-Every public function takes ``impl``: ``"auto"`` calls nerfacc's implementation when the
-tensors are float32 on CUDA and nerfacc is importable, else the PyTorch twin here; ``"torch"``
-forces the twin (the CPU path and the reference in tests); ``"nerfacc"`` forces nerfacc.
+Every public function takes ``impl``: ``"torch"`` is the twin (the CPU path and the reference in
+tests), ``"nerfacc"`` is nerfacc's implementation. The renderer passes ``Compute.composite_impl``,
+so the backend a command resolved decides, never the tensors' device. ``"auto"`` (the default for
+direct callers) calls nerfacc when the tensors are float32 on CUDA and nerfacc is importable, else the twin.
 
 The twin lays each ray's factors out in a dense (n_rays, max_samples + 1) array and uses
 ``torch.cumprod``, whose backward is exact when a factor is 0 (alpha = 1). nerfacc 0.5.x's CUDA
@@ -25,6 +26,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+from neus2cli.backends import import_nerfacc
+from neus2cli.errors import DependencyError
 
 Impl = Literal["auto", "torch", "nerfacc"]
 
@@ -61,9 +65,6 @@ def _nerfacc_or_none(impl: Impl, *tensors: Tensor):
         if not (on_gpu and is_f32):
             return None
         if "nerfacc" not in _AUTO_PROBE:  # probe once per process; failures fall back silently
-            from neus2cli.backends import import_nerfacc
-            from neus2cli.errors import DependencyError
-
             try:
                 _AUTO_PROBE["nerfacc"] = import_nerfacc()
             except DependencyError:
@@ -71,8 +72,6 @@ def _nerfacc_or_none(impl: Impl, *tensors: Tensor):
         return _AUTO_PROBE["nerfacc"]
     if not on_gpu or not is_f32:
         raise ValueError("impl='nerfacc' needs float32 CUDA tensors (nerfacc's packed kernels are CUDA-only)")
-    from neus2cli.backends import import_nerfacc
-
     return import_nerfacc()
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neus2cli import backends, log
+from neus2cli import log
+from neus2cli.compute import Compute, resolve_compute
 from neus2cli.config import Config, config_from_dict
 from neus2cli.data.hull import centred_normalization, visual_hull_box
 from neus2cli.data.images import load_images
@@ -40,7 +41,7 @@ from neus2cli.train.checkpoint import save_checkpoint
 from neus2cli.train.frame_store import decode_frame, is_keyframe, write_frame
 from neus2cli.train.pixels import PixelBank
 from neus2cli.train.rigid import FrameToCanonical, world_to_canonical_world
-from neus2cli.train.static import image_metrics, mesh_from_trainer, pick_device, render_views
+from neus2cli.train.static import image_metrics, mesh_from_trainer, render_views
 from neus2cli.train.trainer import DivergenceError, NeuSTrainer, TrainingInterrupted
 
 KEYFRAME_EVERY = 50
@@ -111,8 +112,8 @@ def centre_on_object(scene: Scene, images: list[np.ndarray], normalization: Norm
 class DynamicRun:
     """State of one sequence run; ``train_frame`` is the unit of work and of resumption."""
 
-    def __init__(self, cfg: Config, backend: str, device: torch.device, out_dir: Path, mode: str, progress: bool):
-        self.cfg, self.backend, self.device, self.out_dir = cfg, backend, device, out_dir
+    def __init__(self, cfg: Config, compute: Compute, out_dir: Path, mode: str, progress: bool):
+        self.cfg, self.compute, self.device, self.out_dir = cfg, compute, compute.device, out_dir
         self.mode, self.progress = mode, progress
         self.trainer: NeuSTrainer | None = None
         self.accumulated = np.eye(4)
@@ -126,7 +127,7 @@ class DynamicRun:
         cfg = copy.deepcopy(self.cfg)
         cfg.train.steps = steps
         cfg.train.seed += seed_offset
-        trainer = NeuSTrainer(cfg, self.backend, self.device)
+        trainer = NeuSTrainer(cfg, self.compute)
         trainer.total_steps = steps
         return trainer
 
@@ -341,8 +342,8 @@ def train_dynamic(
         state = load_checkpoint(out_dir / "state" / "last.pt")
     else:
         prepare_run_dir(out_dir, resume=False, force=force)
-    backend = backends.resolve_backend(cfg.backend)
-    device = pick_device(backend)
+    compute = resolve_compute(cfg.backend)
+    backend = compute.backend
     if state is not None:
         normalization = Normalization.from_dict(run_info["normalization"])
     else:
@@ -362,7 +363,7 @@ def train_dynamic(
     }
     atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
 
-    run = DynamicRun(cfg, backend, device, out_dir, mode, progress)
+    run = DynamicRun(cfg, compute, out_dir, mode, progress)
     done = -1
     if state is not None:
         run.load_state(state)
@@ -399,7 +400,7 @@ def _read_frame(run_dir: Path, index: int, read, *args):
 
 
 def trainer_for_frame(
-    run_dir: Path, frame: int, backend: str = "auto"
+    run_dir: Path, frame: int, compute: Compute
 ) -> tuple[NeuSTrainer, Normalization, np.ndarray]:
     """Rebuild frame ``frame`` of a dynamic run from its stored deltas.
 
@@ -418,8 +419,7 @@ def trainer_for_frame(
     if frame not in done:
         raise UserError(f"frame {frame} has not been trained yet.", path=run_dir, hint="Resume the run first.")
     cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
-    backend = backends.resolve_backend(backend)
-    trainer = NeuSTrainer(cfg, backend, pick_device(backend))
+    trainer = NeuSTrainer(cfg, compute)
     like = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
     like["grid.binaries"] = trainer.grid.binaries
     chain = done[: done.index(frame) + 1]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neus2cli import backends
+from neus2cli.compute import Compute
 from neus2cli.data.scene import Normalization
 from neus2cli.errors import UserError
 from neus2cli.export.mesh import save_mesh
@@ -22,7 +22,7 @@ def export_run_mesh(
     color: bool = True,
     min_component_fraction: float = 0.0,
     frame: int | None = None,
-    backend: str = "auto",
+    compute: Compute,
 ) -> Path:
     """Write one mesh file (world frame) and return its path.
 
@@ -38,14 +38,14 @@ def export_run_mesh(
 
         if frame is None:
             raise UserError("this is a dynamic run: say which frame to export with --frame k.", path=checkpoint)
-        trainer, normalization, world_from_canonical = trainer_for_frame(checkpoint, frame, backend=backend)
+        trainer, normalization, world_from_canonical = trainer_for_frame(checkpoint, frame, compute)
         default_out = checkpoint / "frames" / f"{frame:04d}" / f"mesh_{resolution}.{fmt}"
     else:
         from neus2cli.train.checkpoint import find_checkpoint, load_checkpoint
         from neus2cli.train.static import trainer_from_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
-        trainer = trainer_from_checkpoint(ckpt, backend=backends.resolve_backend(backend))
+        trainer = trainer_from_checkpoint(ckpt, compute)
         normalization = Normalization.from_dict(ckpt["normalization"])
         world_from_canonical = None
         default_out = find_checkpoint(checkpoint).parent / f"mesh_{resolution}.{fmt}"

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import trimesh
 
-from neus2cli import backends, log
+from neus2cli import log
+from neus2cli.compute import Compute, resolve_compute
 from neus2cli.config import Config, config_from_dict
 from neus2cli.data.images import load_images
 from neus2cli.data.loader import load_scene
@@ -37,10 +38,6 @@ EVAL_BACKGROUND = (1.0, 1.0, 1.0)
 
 def default_run_dir(scene_name: str, root: Path = Path("outputs")) -> Path:
     return root / scene_name / datetime.now().strftime("%Y-%m-%d_%H%M%S")
-
-
-def pick_device(backend: str) -> torch.device:
-    return torch.device("cuda" if backend == "tcnn" or torch.cuda.is_available() else "cpu")
 
 
 def prepare_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
@@ -65,18 +62,17 @@ def checkpoint_payload(trainer: NeuSTrainer, scene: Scene) -> dict:
     return {
         "kind": "static",
         "config": trainer.cfg.to_dict(),
-        "backend": trainer.backend,
+        "backend": trainer.compute.backend,
         "normalization": scene.normalization.to_dict(),
         "scene": {"path": str(Path(scene.root).resolve()), "name": scene.name, "format": scene.format},
         "trainer": trainer.state_dict(),
     }
 
 
-def trainer_from_checkpoint(ckpt: dict, backend: str | None = None, device=None) -> NeuSTrainer:
+def trainer_from_checkpoint(ckpt: dict, compute: Compute) -> NeuSTrainer:
     """Rebuild a trainer (weights, EMA, grid) from a loaded checkpoint, on any backend."""
     cfg = config_from_dict(ckpt["config"])
-    backend = backend or backends.resolve_backend("auto")
-    trainer = NeuSTrainer(cfg, backend, device or pick_device(backend))
+    trainer = NeuSTrainer(cfg, compute)
     trainer.load_state_dict(ckpt["trainer"], optimizer=True)
     return trainer
 
@@ -137,6 +133,7 @@ def render_views(
                 rays_d,
                 step_size=s.step_size,
                 bg_color=bg,
+                impl=trainer.compute.composite_impl,
                 chunk=trainer.cfg.output.render_chunk,
                 early_stop_eps=s.early_stop_eps,
             )
@@ -222,13 +219,13 @@ def train_static(
     if not resume:  # a resumed run folder was checked above
         prepare_run_dir(out_dir, resume=False, force=force)
 
-    backend = ckpt["backend"] if ckpt is not None else backends.resolve_backend(cfg.backend)
-    device = pick_device(backend)
+    compute = resolve_compute(ckpt["backend"] if ckpt is not None else cfg.backend)
+    backend, device = compute.backend, compute.device
     torch.manual_seed(cfg.train.seed)
     cfg.save(out_dir / "config.json")
 
     images = load_images(scene.train_views, progress=progress)
-    trainer = NeuSTrainer(cfg, backend, device)
+    trainer = NeuSTrainer(cfg, compute)
     trainer.bank = PixelBank(scene.train_views, images, scene.normalization, device)
     del images
     if ckpt is not None:
@@ -288,7 +285,7 @@ def render_test_views(run_dir: str | Path) -> list[dict]:
     """Render the held-out views of a finished run (used by ``neus2 evaluate RUN``)."""
     ckpt = load_checkpoint(run_dir)
     scene = load_scene(Path(ckpt["scene"]["path"]))
-    trainer = trainer_from_checkpoint(ckpt)
+    trainer = trainer_from_checkpoint(ckpt, resolve_compute("auto"))
     views = scene.test_views
     if not views:
         raise UserError("the run's scene has no test views to evaluate.", path=scene.root)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from neus2cli.compute import Compute
 from neus2cli.config import Config
 from neus2cli.model.fields import NeuSModel
 from neus2cli.render.neus import logistic_density
@@ -119,18 +120,17 @@ class NeuSTrainer:
 
     Args:
         cfg: the resolved run config.
-        backend: ``"tcnn"`` (tinycudann + nerfacc) or ``"torch"``.
-        device: where everything lives.
+        compute: the backend, device and compositing implementation (``neus2cli.compute``).
         ray_transform: optional module mapping (rays_o, rays_d) of the current frame into the
             model's canonical frame (the dynamic global transform); trained with its own optimiser.
     """
 
-    def __init__(self, cfg: Config, backend: str, device: torch.device | str):
+    def __init__(self, cfg: Config, compute: Compute):
         self.cfg = cfg
-        self.backend = backend
-        self.device = torch.device(device)
-        self.model = NeuSModel(cfg.model, backend).to(self.device)
-        self.grid = make_occupancy_grid(backend, UNIT_CUBE, cfg.sampling.grid_resolution).to(self.device)
+        self.compute = compute
+        self.device = compute.device
+        self.model = NeuSModel(cfg.model, compute)
+        self.grid = make_occupancy_grid(compute, UNIT_CUBE, cfg.sampling.grid_resolution)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.train.seed)
         self.bank: PixelBank | None = None
@@ -158,9 +158,6 @@ class NeuSTrainer:
             groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, fused=self.device.type == "cuda"
         )
         self.ema = WeightEMA(self.model, t.ema_decay)
-
-    def reset_grid(self) -> None:
-        self.grid = make_occupancy_grid(self.backend, UNIT_CUBE, self.cfg.sampling.grid_resolution).to(self.device)
 
     def set_ray_transform(self, module: nn.Module | None, lr: float = 5e-3, pose_steps: int = 0) -> None:
         """Train ``module`` (rays of this frame -> canonical frame) with its own Adam at ``lr``.
@@ -242,6 +239,7 @@ class NeuSTrainer:
             rays_d,
             step_size=s.step_size,
             bg_color=bg,
+            impl=self.compute.composite_impl,
             early_stop_eps=s.early_stop_eps,
             train=True,
             cos_anneal_ratio=cos_ratio,

@@ -1,0 +1,63 @@
+"""Where a command computes: the backend, the device and the compositing implementation, chosen once.
+
+A ``Compute`` is resolved at the command boundary (``resolve_compute``) and passed down; every
+choice between the GPU packages and their PyTorch twins reads it, never a tensor's device:
+
+* ``backend="tcnn"``: tinycudann encodings, nerfacc's occupancy grid and nerfacc's compositing,
+  on a CUDA device;
+* ``backend="torch"``: the pure-PyTorch twins everywhere (model, occupancy grid, compositing), on
+  any device. On a CUDA machine that is the GPU, and neither tinycudann nor nerfacc is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from neus2cli.backends import Backend, RequestedBackend, resolve_backend
+
+CompositeImpl = Literal["nerfacc", "torch"]
+
+
+@dataclass(frozen=True)
+class Compute:
+    """The resolved compute path.
+
+    Attributes:
+        backend: ``"tcnn"`` (tinycudann + nerfacc, CUDA only) or ``"torch"`` (pure PyTorch).
+        device: where models, grids and pixels live.
+    """
+
+    backend: Backend
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", torch.device(self.device))
+        if self.backend not in ("tcnn", "torch"):
+            raise ValueError(f"backend must be 'tcnn' or 'torch', got {self.backend!r}")
+        if self.backend == "tcnn" and self.device.type != "cuda":
+            raise ValueError(f"the tcnn backend runs only on CUDA devices, got {self.device}")
+
+    @property
+    def composite_impl(self) -> CompositeImpl:
+        """Compositing implementation (``render.volrend``'s ``impl``): nerfacc's with tcnn, else the twin."""
+        return "nerfacc" if self.backend == "tcnn" else "torch"
+
+    @classmethod
+    def cpu(cls) -> Compute:
+        """Pure PyTorch on the CPU (the reference path)."""
+        return cls("torch", torch.device("cpu"))
+
+
+def resolve_compute(requested: RequestedBackend = "auto") -> Compute:
+    """The config's ``backend`` choice -> a ``Compute``.
+
+    ``"torch"`` never probes the GPU packages and runs on CUDA when PyTorch sees a GPU, else on the CPU.
+    ``"tcnn"`` and ``"auto"`` follow ``backends.resolve_backend`` (``"auto"`` falls back to ``"torch"``
+    with one warning; ``"tcnn"`` where it cannot run is a ``DependencyError``).
+    """
+    backend = resolve_backend(requested)
+    device = torch.device("cuda" if backend == "tcnn" or torch.cuda.is_available() else "cpu")
+    return Compute(backend, device)
