@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 
-from neus2cli import backends
+from neus2cli.compute import resolve_compute
 from neus2cli.config import resolve_config
 from neus2cli.data.images import load_images
 from neus2cli.data.loader import load_scene
 from neus2cli.train.pixels import PixelBank
-from neus2cli.train.static import pick_device
 from neus2cli.train.trainer import NeuSTrainer
 
 
@@ -99,11 +98,11 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = resolve_config(args.config, args.overrides, backend=args.backend)
-    backend = backends.resolve_backend(cfg.backend)
-    device = pick_device(backend)
+    compute = resolve_compute(cfg.backend)
+    backend, device = compute.backend, compute.device
     scene = load_scene(args.scene)
     images = load_images(scene.train_views, progress=False)
-    trainer = NeuSTrainer(cfg, backend, device)
+    trainer = NeuSTrainer(cfg, compute)
     trainer.bank = PixelBank(scene.train_views, images, scene.normalization, device)
 
     t0 = time.perf_counter()
@@ -122,7 +121,7 @@ def main() -> None:
     timer = StageTimer(device)
     orig_render, orig_update = trainer_mod.render_rays, trainer.update_grid
     orig_sdf_grad = trainer.model.sdf_and_gradient
-    orig_sampling = trainer.grid.sampling
+    orig_sampling = renderer_mod.sample_along_rays
 
     def timed_update(step, force_full=False):
         orig_update(step, force_full)
@@ -145,7 +144,7 @@ def main() -> None:
         return out
 
     trainer.update_grid = timed_update
-    trainer.grid.sampling = timed_sampling
+    renderer_mod.sample_along_rays = timed_sampling
     trainer.model.sdf_and_gradient = timed_sdf_grad
     trainer_mod.render_rays = timed_render
     orig_backward = torch.Tensor.backward
@@ -171,6 +170,7 @@ def main() -> None:
     finally:
         torch.Tensor.backward = orig_backward
         trainer_mod.render_rays = orig_render
+        renderer_mod.sample_along_rays = orig_sampling
         del renderer_mod
 
     result = {

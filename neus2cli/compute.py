@@ -19,6 +19,7 @@ import torch
 from neus2cli.backends import Backend, RequestedBackend, resolve_backend
 
 CompositeImpl = Literal["nerfacc", "torch"]
+MarchImpl = Literal["triton", "torch"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ class Compute:
     def composite_impl(self) -> CompositeImpl:
         """Compositing implementation (``render.volrend``'s ``impl``): nerfacc's with tcnn, else the twin."""
         return "nerfacc" if self.backend == "tcnn" else "torch"
+
+    @property
+    def march_impl(self) -> MarchImpl:
+        """Ray marcher (``render.march``): the Triton kernel with tcnn (Triton ships with PyTorch's
+        CUDA builds), else its PyTorch twin."""
+        return "triton" if self.backend == "tcnn" else "torch"
 
     @classmethod
     def cpu(cls) -> Compute:

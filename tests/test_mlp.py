@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from neus2cli import backends
+from neus2cli.compute import Compute
 from neus2cli.config import ModelConfig
 from neus2cli.model.fields import ColorNetwork, NeuSModel
 from neus2cli.model.mlp import (
@@ -70,7 +71,7 @@ def test_color_network_keys_unchanged_and_old_checkpoints_load():
 
 
 def test_color_mlp_weights_get_the_l2_penalty():
-    model = NeuSModel(ModelConfig(), "torch")
+    model = NeuSModel(ModelConfig(), Compute.cpu())
     penalised = {id(p) for p in model.mlp_weights()}
     assert all(id(p) in penalised for p in model.color_net.mlp.parameters())
 
@@ -363,7 +364,7 @@ def test_tcnn_mlp_state_dict_moves_between_backends_on_gpu():
 @pytest.mark.gpu
 @requires_cuda
 def test_tcnn_model_penalises_the_fused_mlp_params():
-    model = NeuSModel(ModelConfig(), "tcnn")
+    model = NeuSModel(ModelConfig(), Compute("tcnn", "cuda"))
     assert isinstance(model.color_net.mlp, TcnnMLP)
     assert any(p is model.color_net.mlp.params for p in model.mlp_weights())
     assert all(p.dtype == torch.float32 for p in model.mlp_weights())

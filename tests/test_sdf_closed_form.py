@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from neus2cli.compute import Compute
 from neus2cli.config import ModelConfig, resolve_config
 from neus2cli.model.fields import NeuSModel
 from neus2cli.model.sdf_mlp import sdf_mlp_with_gradient
@@ -83,12 +84,12 @@ def test_function_matches_generic_double_backward():
 
 def _float64_models(active_levels: int) -> tuple[NeuSModel, NeuSModel]:
     torch.manual_seed(0)
-    ref = NeuSModel(dataclasses.replace(SMALL, sdf_gradient="autograd"), "torch")
+    ref = NeuSModel(dataclasses.replace(SMALL, sdf_gradient="autograd"), Compute.cpu())
     with torch.no_grad():
         # Away from the init (feature columns zero, a 1e-4 grid), so the hash grid's path matters.
         ref.sdf_net.hidden.weight.normal_(0.0, 0.5)
         ref.sdf_net.encoding.params.normal_(0.0, 0.3)
-    ours = NeuSModel(SMALL, "torch")
+    ours = NeuSModel(SMALL, Compute.cpu())
     assert ours.sdf_net.sdf_gradient == "closed_form" and ref.sdf_net.sdf_gradient == "autograd"
     ours.load_state_dict(ref.state_dict())
     for m in (ref, ours):
@@ -158,7 +159,7 @@ def _trainer_gradients(scene, sdf_gradient: str) -> dict[str, torch.Tensor]:
     cfg = resolve_config("fast", ["backend=torch", "sampling.grid_resolution=32", f"model.sdf_gradient={sdf_gradient}"])
     loaded = load_scene(scene)
     torch.manual_seed(0)
-    trainer = NeuSTrainer(cfg, "torch", "cpu")
+    trainer = NeuSTrainer(cfg, Compute.cpu())
     trainer.bank = PixelBank(
         loaded.train_views, load_images(loaded.train_views, progress=False), loaded.normalization, "cpu"
     )
@@ -198,11 +199,11 @@ def test_tcnn_closed_form_equals_autograd():
     except Exception as exc:  # tinycudann missing on this GPU machine
         pytest.skip(f"tcnn backend unavailable: {exc}")
     torch.manual_seed(0)
-    ref = NeuSModel(dataclasses.replace(SMALL, sdf_gradient="autograd"), backend).cuda()
+    ref = NeuSModel(dataclasses.replace(SMALL, sdf_gradient="autograd"), Compute(backend, "cuda"))
     with torch.no_grad():
         ref.sdf_net.hidden.weight.normal_(0.0, 0.5)
         ref.sdf_net.encoding.params.normal_(0.0, 0.3)
-    ours = NeuSModel(SMALL, backend).cuda()
+    ours = NeuSModel(SMALL, Compute(backend, "cuda"))
     ours.load_state_dict(ref.state_dict())
     gen = torch.Generator(device="cuda").manual_seed(4)
     x = torch.rand(4096, 3, device="cuda", generator=gen) * 0.8 + 0.1

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from neus2cli.model.fields import NeuSModel
+from neus2cli.render.march import Impl as MarchImpl
+from neus2cli.render.march import march_rays, march_window
 from neus2cli.render.neus import neus_alpha, neus_alpha_from_sdf_pair
-from neus2cli.render.volrend import Impl, accumulate_along_rays, render_weight_from_alpha
+from neus2cli.render.volrend import Impl, accumulate_along_rays, render_visibility_from_alpha, render_weight_from_alpha
 
 RayTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -46,6 +48,48 @@ class RenderOutput:
     n_samples: int
 
 
+@torch.no_grad()
+def sample_along_rays(
+    estimator,
+    rays_o: torch.Tensor,
+    rays_d: torch.Tensor,
+    alpha_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    step_size: float,
+    early_stop_eps: float,
+    alpha_thre: float,
+    stratified: bool,
+    impl: Impl,
+    march_impl: MarchImpl,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed-step samples in the occupied cells of ``estimator`` (first level), early-stopped by ``alpha_fn``.
+
+    One (ray, step)-parallel march (``render.march``) instead of the estimator's own sampling (nerfacc's
+    marches one thread per ray, twice), then the pre-pass alpha and the visibility rule of
+    ``OccGridEstimator.sampling``: keep ``T_i >= early_stop_eps`` and, with ``alpha_thre > 0``,
+    ``alpha_i >= min(alpha_thre, mean(occs))``. Rays (n_rays, 3) in the grid's (normalized) frame.
+
+    Returns ``ray_indices`` (n,) int64 sorted, ``t_starts``, ``t_ends`` (n,) float32.
+    """
+    # 6 floats; the step waits on the GPU once anyway (march_rays sizes its outputs).
+    aabb = [float(v) for v in estimator.aabbs[0].tolist()]
+    jitter = torch.rand_like(rays_o[:, 0]) if stratified else None
+    t_start, t_lo, t_hi = march_window(rays_o, rays_d, aabb, step_size, jitter=jitter)
+    ray_indices, t_starts, t_ends = march_rays(
+        rays_o, rays_d, t_start, t_lo, t_hi, estimator.binaries[0], aabb, step_size, impl=march_impl
+    )
+    if t_starts.shape[0] == 0 or (early_stop_eps <= 0 and alpha_thre <= 0):
+        return ray_indices, t_starts, t_ends
+    if alpha_thre > 0:
+        alpha_thre = min(alpha_thre, estimator.occs.mean().item())
+    alphas = alpha_fn(t_starts, t_ends, ray_indices)
+    keep = render_visibility_from_alpha(
+        alphas, ray_indices=ray_indices, n_rays=rays_o.shape[0], early_stop_eps=early_stop_eps,
+        alpha_thre=alpha_thre, impl=impl,
+    )  # fmt: skip
+    return ray_indices[keep], t_starts[keep], t_ends[keep]
+
+
 def render_rays(
     model: NeuSModel,
     estimator,
@@ -55,6 +99,7 @@ def render_rays(
     step_size: float,
     bg_color: torch.Tensor,
     impl: Impl,
+    march_impl: MarchImpl = "torch",
     early_stop_eps: float = 1e-4,
     train: bool = False,
     cos_anneal_ratio: float = 1.0,
@@ -72,6 +117,8 @@ def render_rays(
         step_size: marching step in normalized units.
         bg_color: (3,) or (n_rays, 3) background colour in [0, 1].
         impl: the compositing implementation, ``Compute.composite_impl`` ("nerfacc" or "torch").
+        march_impl: the marcher, ``Compute.march_impl``: ``"triton"`` (one (ray, step)-parallel kernel)
+            or ``"torch"`` (its bit-identical twin); see ``neus2cli.render.march``.
         early_stop_eps: stop a ray once its transmittance is below this.
         train: jitter samples (stratified) and keep the graph for the eikonal double backward.
         cos_anneal_ratio: NeuS cosine annealing ratio (1 = off).
@@ -106,14 +153,17 @@ def render_rays(
         return neus_alpha_from_sdf_pair(start_sdf, end_sdf, inv_s)
 
     with torch.no_grad():
-        ray_indices, t_starts, t_ends = estimator.sampling(
+        ray_indices, t_starts, t_ends = sample_along_rays(
+            estimator,
             rays_o,
             rays_d,
-            alpha_fn=alpha_fn,
-            render_step_size=step_size,
+            alpha_fn,
+            step_size=step_size,
             early_stop_eps=early_stop_eps,
             alpha_thre=alpha_thre,
             stratified=train,
+            impl=impl,
+            march_impl=march_impl,
         )
     n_samples = int(ray_indices.shape[0])
     if max_samples is not None and n_samples > max_samples:
@@ -154,6 +204,7 @@ def render_image_rays(
     step_size: float,
     bg_color: torch.Tensor,
     impl: Impl,
+    march_impl: MarchImpl = "torch",
     chunk: int = 4096,
     early_stop_eps: float = 1e-4,
     alpha_thre: float = 1e-4,
@@ -163,7 +214,8 @@ def render_image_rays(
     Samples with alpha below ``alpha_thre`` are skipped (each would add less than that to a pixel),
     which keeps the shell of low-opacity samples around a young surface from dominating the cost.
 
-    ``impl`` as in ``render_rays``. Returns ``rgb`` (n, 3), ``opacity`` (n,), ``depth`` (n,), ``normal``
+    ``impl`` and ``march_impl`` as in ``render_rays``. Returns ``rgb`` (n, 3), ``opacity`` (n,), ``depth`` (n,),
+    ``normal``
     (n, 3), detached.
     """
     parts: dict[str, list[torch.Tensor]] = {"rgb": [], "opacity": [], "depth": [], "normal": []}
@@ -176,6 +228,7 @@ def render_image_rays(
             step_size=step_size,
             bg_color=bg_color,
             impl=impl,
+            march_impl=march_impl,
             early_stop_eps=early_stop_eps,
             train=False,
             alpha_thre=alpha_thre,

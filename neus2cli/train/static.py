@@ -134,6 +134,7 @@ def render_views(
                 step_size=s.step_size,
                 bg_color=bg,
                 impl=trainer.compute.composite_impl,
+                march_impl=trainer.compute.march_impl,
                 chunk=trainer.cfg.output.render_chunk,
                 early_stop_eps=s.early_stop_eps,
             )

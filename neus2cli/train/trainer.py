@@ -240,6 +240,7 @@ class NeuSTrainer:
             step_size=s.step_size,
             bg_color=bg,
             impl=self.compute.composite_impl,
+            march_impl=self.compute.march_impl,
             early_stop_eps=s.early_stop_eps,
             train=True,
             cos_anneal_ratio=cos_ratio,
