@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 
-from neus2cli import backends
+from neus2cli.compute import resolve_compute
 from neus2cli.config import resolve_config
 from neus2cli.data.images import load_images
 from neus2cli.data.loader import load_scene
 from neus2cli.train.pixels import PixelBank
-from neus2cli.train.static import pick_device
 from neus2cli.train.trainer import NeuSTrainer
 
 
@@ -99,12 +98,11 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = resolve_config(args.config, args.overrides, backend=args.backend)
-    backend = backends.resolve_backend(cfg.backend)
-    device = pick_device(backend)
+    compute = resolve_compute(cfg.backend)
+    backend, device = compute.backend, compute.device
     scene = load_scene(args.scene)
     images = load_images(scene.train_views, progress=False)
-    trainer = NeuSTrainer(cfg, backend, device)
-    trainer.bank = PixelBank(scene.train_views, images, scene.normalization, device)
+    trainer = NeuSTrainer(cfg, compute, PixelBank(scene.train_views, images, scene.normalization, device))
 
     t0 = time.perf_counter()
     for _ in range(args.warmup):
