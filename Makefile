@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # GPU users: `make setup TORCH_SPEC=torch` (or install torch into .venv beforehand).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-gpu demo lint clean
+.PHONY: setup test test-gpu demo lint lint-imports clean
 
 setup: $(VENV)/.installed
 
@@ -26,9 +26,13 @@ test-gpu: setup
 demo: setup
 	$(VENV)/bin/neus2 train
 
-lint: setup
+lint: setup lint-imports
 	$(VENV)/bin/ruff check neus2cli tests data_tools bench
 	$(VENV)/bin/ruff format --check neus2cli tests data_tools bench
+
+# The layering contracts in pyproject.toml ([tool.importlinter]).
+lint-imports: setup
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -102,8 +102,7 @@ def main() -> None:
     backend, device = compute.backend, compute.device
     scene = load_scene(args.scene)
     images = load_images(scene.train_views, progress=False)
-    trainer = NeuSTrainer(cfg, compute)
-    trainer.bank = PixelBank(scene.train_views, images, scene.normalization, device)
+    trainer = NeuSTrainer(cfg, compute, PixelBank(scene.train_views, images, scene.normalization, device))
 
     t0 = time.perf_counter()
     for _ in range(args.warmup):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import textwrap
 from enum import Enum
 from pathlib import Path
 
@@ -183,12 +184,10 @@ def dynamic_cmd(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning ``UserError`` into one paragraph and exit code 2."""
-    from neus2cli.cli import report_user_error
-
     try:
         app(args=argv, prog_name="python -m data_tools")
     except UserError as err:
-        report_user_error(err)
+        typer.echo("error: " + textwrap.fill(str(err), width=100), err=True)
         sys.exit(err.exit_code)
 
 

@@ -3,28 +3,38 @@
 Precedence is ``defaults < preset < file < command line``:
 
 * the dataclass defaults below,
-* a preset from ``configs/<name>.json`` or a JSON file given by path (a file may
-  name the preset it builds on with ``"preset": "dtu"``),
+* a preset (package data ``neus2cli.presets``, the repository's ``configs/`` folder) by name,
+  or a JSON file given by path (a file may name the preset it builds on with ``"preset": "dtu"``;
+  that always means the packaged preset, whatever the file is called),
 * ``--set section.key=value`` (or ``--set key=value`` when ``key`` is unique across
   sections) and typed command-line options.
 
-An unknown or misspelt key is an error, never silently added. The resolved config
-is saved next to every run (``config.json``) and loads back to an equal config.
+An unknown or misspelt key is an error, never silently added, and every value is checked
+against its field's range (``check_ranges``). The resolved config is saved next to every run
+(``config.json``) and loads back to an equal config. A resumed run keeps its config; options
+given with ``--resume`` may change only the keys in ``RESUMABLE`` (``resume_config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import math
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
 from neus2cli.errors import UserError
+from neus2cli.io import atomic_write_text
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The presets are package data: the repository's configs/ folder, installed as ``neus2cli.presets``
+# (pyproject.toml maps the package onto the folder).
+PRESET_PACKAGE = "neus2cli.presets"
+_SOURCE_PRESETS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass
@@ -197,8 +207,6 @@ class Config:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        from neus2cli.io import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
 
@@ -206,8 +214,19 @@ SECTIONS = ("model", "sampling", "train", "output", "dynamic")
 _TOP_LEVEL = ("preset", "backend")
 
 
+def preset_dir() -> Traversable:
+    """The folder of the named presets.
+
+    Imported from a source checkout (a ``pyproject.toml`` beside the package: ``PYTHONPATH`` or an
+    editable install), that checkout's own ``configs/``; installed, the package data.
+    """
+    if (_SOURCE_PRESETS.parent / "pyproject.toml").is_file() and _SOURCE_PRESETS.is_dir():
+        return _SOURCE_PRESETS
+    return importlib.resources.files(PRESET_PACKAGE)
+
+
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    return sorted(p.name[: -len(".json")] for p in preset_dir().iterdir() if p.name.endswith(".json"))
 
 
 def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
@@ -287,7 +306,7 @@ def _apply_dict(cfg: Config, data: dict[str, Any], source: str) -> None:
             setattr(section, sub, _coerce(sub_value, types[sub], f"{key}.{sub}", source))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path | Traversable) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -299,30 +318,74 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _preset_path(name_or_path: str) -> Path:
-    candidate = Path(name_or_path)
-    if candidate.suffix == ".json" or candidate.exists():
-        return candidate
-    path = CONFIG_DIR / f"{name_or_path}.json"
-    if not path.exists():
+def _is_path(name_or_path: str) -> bool:
+    return name_or_path.endswith(".json") or "/" in name_or_path or Path(name_or_path).exists()
+
+
+def _preset_file(name: str) -> Traversable:
+    path = preset_dir() / f"{name}.json"
+    if not path.is_file():
         raise UserError(
-            f"unknown config preset '{name_or_path}'.",
+            f"unknown config preset '{name}'.",
             hint=f"Use one of {', '.join(list_presets())} or a path to a JSON file.",
         )
     return path
 
 
-def load_config_layers(name_or_path: str, depth: int = 0) -> Config:
-    """Defaults, then the preset chain named by ``"preset"`` keys, then the file itself."""
-    if depth > 8:
-        raise UserError("config presets refer to each other in a loop.", path=name_or_path)
-    path = _preset_path(name_or_path)
-    data = _read_json(path)
+def _same_file(path: Path, preset: Traversable) -> bool:
+    return isinstance(preset, Path) and path.resolve() == preset.resolve()
+
+
+def _layers(name_or_path: str, seen: tuple[str, ...] = ()) -> tuple[Config, dict[str, Any], str]:
+    """(config, the keys the chain of files sets as a flat ``section.key`` dict, the preset's name).
+
+    A name is a packaged preset; a path is a file, whose ``"preset"`` key names the packaged preset
+    it builds on. A file that is a packaged preset resolves exactly as its name does.
+    """
+    if _is_path(name_or_path):
+        path = Path(name_or_path)
+        named = next((n for n in list_presets() if _same_file(path, preset_dir() / f"{n}.json")), None)
+        source, label = (path, str(path)) if named is None else (_preset_file(named), named)
+    else:
+        source, label = _preset_file(name_or_path), name_or_path
+    if label in seen:
+        raise UserError("config presets refer to each other in a loop.", path=" -> ".join([*seen, label]))
+    data = _read_json(source)
     parent = data.pop("preset", None)
-    cfg = load_config_layers(parent, depth + 1) if parent and Path(path).stem != parent else Config()
-    _apply_dict(cfg, data, str(path))
-    cfg.preset = path.stem if path.parent == CONFIG_DIR else str(path)
-    return cfg
+    if parent is not None and not isinstance(parent, str):
+        raise UserError("the config key 'preset' must name a preset.", path=source)
+    if parent:
+        cfg, explicit, _ = _layers(parent if _is_path(parent) else parent, (*seen, label))
+    else:
+        cfg, explicit = Config(), {}
+    _apply_dict(cfg, data, str(source))
+    explicit.update(_flatten(data))
+    cfg.preset = label
+    return cfg, explicit, label
+
+
+def load_config_layers(name_or_path: str) -> Config:
+    """Defaults, then the preset chain named by ``"preset"`` keys, then the file itself."""
+    return _layers(name_or_path)[0]
+
+
+def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested config dict -> ``{"section.key": value}`` (top-level keys stay bare)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{sub}": v for sub, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def get_key(cfg: Config, key: str) -> Any:
+    """The value of ``section.key`` (or a top-level key) in ``cfg``."""
+    if "." not in key:
+        return getattr(cfg, key)
+    section, sub = key.split(".", 1)
+    return getattr(getattr(cfg, section), sub)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, dict[str, str] | str]:
@@ -352,21 +415,209 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict[str, str] | str]:
 
 def resolve_config(preset: str = "base", overrides: list[str] | None = None, **typed: Any) -> Config:
     """Build the run config: preset (name or file) < ``--set`` pairs < typed options (non-None)."""
-    cfg = load_config_layers(preset)
-    if overrides:
-        _apply_dict(cfg, parse_overrides(overrides), "--set")
-    typed_nested = parse_overrides([f"{k}={v}" for k, v in typed.items() if v is not None])
-    _apply_dict(cfg, typed_nested, "command line")
+    return resolve_request(ConfigRequest(preset, tuple(overrides or ()), typed))
+
+
+@dataclass(frozen=True)
+class ConfigRequest:
+    """What a command line asks for: ``--config`` (None: the command's default), ``--set`` pairs and
+    typed options as ``{"section.key": value}`` (None values: not given)."""
+
+    preset: str | None = None
+    overrides: Sequence[str] = ()
+    typed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    default_preset: str = "base"
+
+
+def resolve_request(request: ConfigRequest) -> Config:
+    """A new run's config: preset < ``--set`` < typed options, range-checked."""
+    cfg = load_config_layers(request.preset or request.default_preset)
+    if request.overrides:
+        _apply_dict(cfg, parse_overrides(list(request.overrides)), "--set")
+    _apply_dict(cfg, parse_overrides(_typed_pairs(request.typed)), "command line")
+    check_ranges(cfg)
     return cfg
 
 
+def _typed_pairs(typed: Mapping[str, Any]) -> list[str]:
+    return [f"{k}={v}" for k, v in typed.items() if v is not None]
+
+
+#: The command-line options that set a config key directly (named in messages).
+TYPED_OPTIONS = {"train.steps": "--steps", "backend": "--backend"}
+
+#: What a resumed run may change: how long it trains, what it writes, and where it computes.
+RESUMABLE = ("backend", "train.steps", "train.log_every", "train.checkpoint_every", "output.*")
+
+
+def is_resumable(key: str) -> bool:
+    return any(key == r or (r.endswith(".*") and key.startswith(r[:-1])) for r in RESUMABLE)
+
+
+def _differences(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+    return {k: (a[k], b[k]) for k in a if k != "preset" and a[k] != b[k]}
+
+
+def _refuse(option: str, key: str, old: Any, new: Any) -> UserError:
+    return UserError(
+        f"{option} would change {key} of the run being resumed ({old!r} -> {new!r}); a resumed run keeps its "
+        f"config except {', '.join(RESUMABLE)}.",
+        hint="Drop the option to resume as the run was, or start a new run (another --out) with it.",
+    )
+
+
+def resume_config(stored: Config, request: ConfigRequest) -> tuple[Config, dict[str, tuple[Any, Any]]]:
+    """A resumed run's config: ``stored`` with what ``request`` explicitly asks for, where that is safe.
+
+    Only keys the request names count: those the ``--config`` file chain sets, the ``--set`` keys and
+    the typed options. A key that would change and is not in ``RESUMABLE`` raises a ``UserError``
+    naming the option. Returns the config and its changes ``{key: (old, new)}``.
+    """
+    asked: dict[str, tuple[Any, str]] = {}  # key -> (value, the option that asks for it)
+    if request.preset is not None:
+        preset_cfg, explicit, _ = _layers(request.preset)
+        asked.update({k: (get_key(preset_cfg, k), f"--config {request.preset}") for k in explicit if k != "preset"})
+    for pairs, source in ((list(request.overrides), "--set"), (_typed_pairs(request.typed), "command line")):
+        for key, text in _flatten(parse_overrides(pairs)).items():
+            typed = Config()  # coerce the text to the field's type
+            _apply_dict(typed, parse_overrides([f"{key}={text}"]), source)
+            option = f"--set {key}={text}" if source == "--set" else TYPED_OPTIONS.get(key, key)
+            asked[key] = (get_key(typed, key), option)
+    cfg = config_from_dict(stored.to_dict())
+    changes: dict[str, tuple[Any, Any]] = {}
+    for key, (value, option) in asked.items():
+        old = get_key(stored, key)
+        if value == old:
+            continue
+        if not is_resumable(key):
+            raise _refuse(option, key, old, value)
+        _apply_dict(cfg, parse_overrides([f"{key}={value}"]), option)
+        changes[key] = (old, value)
+    check_ranges(cfg)
+    return cfg, changes
+
+
+def check_resumable(stored: Config, cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """``{key: (old, new)}`` where ``cfg`` differs from a run's ``stored`` config; a ``UserError`` naming
+    the first key that may not change on resume."""
+    changes = _differences(stored, cfg)
+    for key, (old, new) in changes.items():
+        if not is_resumable(key):
+            raise _refuse("the config", key, old, new)
+    return changes
+
+
 def config_from_dict(data: dict[str, Any], source: str = "config.json") -> Config:
-    """Inverse of ``Config.to_dict`` (used to load a run's saved config)."""
+    """Inverse of ``Config.to_dict`` (used to load a run's saved config); range-checked."""
     cfg = Config()
-    data = dict(data)
-    _apply_dict(cfg, data, source)
+    _apply_dict(cfg, dict(data), source)
+    check_ranges(cfg, source)
     return cfg
 
 
 def load_run_config(path: str | Path) -> Config:
     return config_from_dict(_read_json(Path(path)), str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Ranges: every numeric field's valid values, checked whenever a config is resolved or loaded.
+
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _at_least(low: float) -> Check:
+    return (lambda v: v >= low), f">= {low}"
+
+
+def _positive() -> Check:
+    return (lambda v: v > 0), "> 0"
+
+
+def _between(low: float, high: float, *, high_open: bool = False) -> Check:
+    if high_open:
+        return (lambda v: low <= v < high), f"in [{low}, {high})"
+    return (lambda v: low <= v <= high), f"in [{low}, {high}]"
+
+
+def _finite() -> Check:
+    return (lambda v: True), "finite"
+
+
+RANGES: dict[str, Check] = {
+    "model.n_levels": _between(1, 128),  # tcnn's limit
+    "model.n_features_per_level": ((lambda v: v in (1, 2, 4, 8)), "one of 1, 2, 4, 8"),  # what tcnn compiles
+    "model.log2_hashmap_size": _between(1, 30),
+    "model.base_resolution": _at_least(2),
+    "model.finest_resolution": _at_least(2),
+    "model.sdf_hidden": _at_least(1),
+    "model.sdf_outputs": _at_least(1),
+    "model.sdf_bias": _finite(),
+    "model.color_hidden": _at_least(1),
+    "model.color_layers": _at_least(1),
+    "model.sh_degree": _between(1, 8),  # tcnn's SphericalHarmonics and the twin (MAX_SH_DEGREE)
+    "model.init_variance": _finite(),
+    "sampling.grid_resolution": _at_least(1),
+    "sampling.grid_ema_decay": _between(0, 1),
+    "sampling.grid_threshold": _at_least(0),
+    "sampling.grid_warmup_steps": _at_least(0),
+    "sampling.grid_update_every": _at_least(1),
+    "sampling.step_size": _positive(),
+    "sampling.early_stop_eps": _between(0, 1, high_open=True),
+    "sampling.target_samples": _at_least(1),
+    "sampling.initial_rays": _at_least(1),
+    "sampling.max_rays": _at_least(1),
+    "sampling.max_samples_factor": _at_least(1),
+    "train.steps": _at_least(1),
+    "train.lr": _positive(),
+    "train.lr_final_factor": _positive(),
+    "train.lr_decay_start": _between(0, 1),
+    "train.adam_beta1": _between(0, 1, high_open=True),
+    "train.adam_beta2": _between(0, 1, high_open=True),
+    "train.adam_eps": _positive(),
+    "train.weight_decay": _at_least(0),
+    "train.ema_decay": _between(0, 1, high_open=True),
+    "train.huber_delta": _positive(),
+    "train.eikonal_weight": _at_least(0),
+    "train.mask_weight": _at_least(0),
+    "train.cos_anneal_steps": _at_least(0),
+    "train.progressive_start_levels": _at_least(1),
+    "train.progressive_start_step": _at_least(0),
+    "train.progressive_every": _at_least(0),  # 0: every level from the start
+    "train.seed": _at_least(0),
+    "train.log_every": _at_least(1),
+    "train.checkpoint_every": _at_least(0),  # 0: only at the end and on Ctrl-C
+    "output.mesh_resolution": _at_least(16),  # as export-mesh --resolution
+    "output.remove_floaters": _between(0, 1),
+    "output.render_test_views": _at_least(0),
+    "output.render_chunk": _at_least(1),
+    "dynamic.first_frame_steps": _at_least(1),
+    "dynamic.next_frame_steps": _at_least(1),
+    "dynamic.global_movement_steps": _at_least(0),
+    "dynamic.global_movement_lr": _positive(),
+    "dynamic.joint_movement_lr_factor": _at_least(0),
+    "dynamic.max_retries": _at_least(0),
+}
+
+
+def check_ranges(cfg: Config, source: str = "config") -> None:
+    """``UserError`` naming the first field outside its range (``RANGES``; every float must be finite)."""
+    for key, value in _flatten(cfg.to_dict()).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        ok, rule = RANGES[key]
+        if isinstance(value, float) and not math.isfinite(value):
+            rule = f"a finite number ({rule})" if rule != "finite" else "a finite number"
+            ok = lambda v: False  # noqa: E731
+        if not ok(value):
+            raise UserError(
+                f"config key '{key}' must be {rule}, got {value!r}.",
+                path=source,
+                hint="Fix the value (--set or the config file) and run again.",
+            )
+    if cfg.model.finest_resolution < cfg.model.base_resolution:
+        raise UserError(
+            f"config key 'model.finest_resolution' ({cfg.model.finest_resolution}) must be >= "
+            f"model.base_resolution ({cfg.model.base_resolution}).",
+            path=source,
+        )

@@ -106,10 +106,10 @@ def test_output_contract_and_frame_rebuild(incremental, tmp_path):
 
 @pytest.mark.slow
 def test_later_frames_keep_the_sharpness_of_frame_0(incremental):
-    from neus2cli.train.dynamic import trainer_for_frame
+    from neus2cli.train.frames import field_for_frame
 
     run_dir, _ = incremental
-    inv_s = [trainer_for_frame(run_dir, k, Compute.cpu())[0].model.inv_s.detach().item() for k in range(3)]
+    inv_s = [field_for_frame(run_dir, k, Compute.cpu())[0].model.inv_s.detach().item() for k in range(3)]
     # dynamic.freeze_sharpness: learned on and on, s grew 40x in 5 frames and tracking failed.
     assert inv_s[1] == inv_s[0] and inv_s[2] == inv_s[0], inv_s
 

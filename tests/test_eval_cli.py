@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import trimesh
-
-from neus2cli.cli import _register_commands, main
 
 JSON_KEYS = {
     "accuracy",
@@ -125,18 +122,6 @@ def test_user_errors(case, spheres, tmp_path):
     assert "Traceback" not in out.stderr
     assert phrase in " ".join(out.stderr.split())  # the message is wrapped to 100 columns
     assert out.stdout == ""
-
-
-def test_run_folder_needs_a_renderer(tmp_path, monkeypatch, capsys):
-    (tmp_path / "checkpoint.pt").write_bytes(b"")
-    _register_commands()  # before the stub below, so that other command modules import normally
-    # A neus2cli.train without render_test_views, as in a version that cannot render.
-    monkeypatch.setitem(sys.modules, "neus2cli.train", types.ModuleType("neus2cli.train"))
-    with pytest.raises(SystemExit) as exc:
-        main(["evaluate", str(tmp_path), "--json"])
-    assert exc.value.code == 2
-    err = " ".join(capsys.readouterr().err.split())
-    assert "image evaluation needs a trained run from this version" in err
 
 
 def _write(path: Path, text: str) -> Path:

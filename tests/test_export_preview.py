@@ -9,17 +9,6 @@ import pytest
 import trimesh
 from PIL import Image
 
-from neus2cli.export.preview import (
-    GAP,
-    LINE,
-    NOTE_INK,
-    SheetFrame,
-    pick_frames,
-    preview_caption,
-    sheet_caption,
-    write_contact_sheet,
-    write_run_preview,
-)
 from neus2cli.export.raster import (
     AMBIENT,
     FOV_DEG,
@@ -29,6 +18,17 @@ from neus2cli.export.raster import (
     render_mesh_views,
     shade,
     up_from_cameras,
+)
+from neus2cli.train.preview import (
+    GAP,
+    LINE,
+    NOTE_INK,
+    SheetFrame,
+    pick_frames,
+    preview_caption,
+    sheet_caption,
+    write_contact_sheet,
+    write_run_preview,
 )
 
 SIZE = 128

@@ -10,8 +10,10 @@ import pytest
 import torch
 import trimesh
 
-from neus2cli.config import resolve_config
+from neus2cli.config import ConfigRequest, resolve_config
+from neus2cli.errors import UserError
 from neus2cli.train.checkpoint import load_checkpoint
+from neus2cli.train.run import run_config
 from neus2cli.train.static import train_static
 from neus2cli.train.trainer import NeuSTrainer, TrainingInterrupted
 from tests.scenes import static_scene
@@ -112,8 +114,19 @@ def test_interrupt_writes_a_checkpoint_and_resume_finishes(scene, tmp_path, monk
     assert not (out / "mesh.ply").exists()
 
     monkeypatch.setattr(NeuSTrainer, "train_step", real_step)
-    _, metrics = train_static(scene, cfg, out, resume=True, progress=False)
-    assert metrics["steps"] == 12 and (out / "mesh.ply").exists()
+    # --resume keeps the run's config: a change it cannot make is refused, naming the option ...
+    with pytest.raises(UserError, match=r"--set train\.lr=0\.5"):
+        run_config(ConfigRequest(None, ("train.lr=0.5",)), out, resume=True)
+    # ... and one it can make (more steps) is applied and recorded in the run.
+    resumed = run_config(ConfigRequest(None, (), {"train.steps": 14}), out, resume=True)
+    assert resumed == resolve_config(
+        "fast", [*CPU_SETTINGS, "output.mesh_resolution=32", "output.render_test_views=1"], **{"train.steps": 14}
+    )
+    _, metrics = train_static(scene, resumed, out, resume=True, progress=False)
+    assert metrics["steps"] == 14 and (out / "mesh.ply").exists()
+    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 14
+    (record,) = json.loads((out / "resumes.json").read_text())
+    assert record["step"] == 7 and record["changes"] == {"train.steps": {"from": 12, "to": 14}}
 
 
 def _cli(*args):

@@ -219,27 +219,12 @@ def _evaluate_run(run_dir: Path, json_out: bool) -> None:
             path=run_dir,
             hint="Pass a mesh file (with --gt) or the output folder of `neus2 train`.",
         )
-    hint = "Evaluate the exported mesh with --gt instead."
-    try:
-        from neus2cli.train import render_test_views
-    except ImportError as err:
-        raise UserError(
-            "image evaluation needs a trained run from this version of neus2cli, and this installation "
-            f"cannot render held-out views ({err}).",
-            path=run_dir,
-            hint=hint,
-        ) from err
+    from neus2cli.compute import resolve_compute
     from neus2cli.eval.images import evaluate_images
     from neus2cli.eval.report import images_table, to_json
+    from neus2cli.train.static import render_test_views
 
-    try:
-        views = render_test_views(run_dir)
-    except ImportError as err:  # the renderer imports the model lazily
-        raise UserError(
-            f"image evaluation needs a trained run from this version of neus2cli ({err}).",
-            path=run_dir,
-            hint=hint,
-        ) from err
+    views = render_test_views(run_dir, resolve_compute("auto"))
     result = evaluate_images(
         [v["pred"] for v in views],
         [v["gt"] for v in views],

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from neus2cli.cli import app, err_console
 from neus2cli.errors import UserError
@@ -58,22 +59,38 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (for logs)."),
 ) -> None:
-    """Reconstruct a static scene: writes config.json, checkpoint.pt, mesh.ply, metrics.json, renders/."""
-    from neus2cli.config import resolve_config
+    """Reconstruct a static scene: writes config.json, checkpoint.pt, mesh.ply, metrics.json, renders/.
+
+    With --resume the run keeps its config; --steps, --backend and output options (--set output.*)
+    may change and are recorded in the run, anything else is refused.
+    """
+    from neus2cli.compute import resolve_compute
+    from neus2cli.config import ConfigRequest
+    from neus2cli.train.run import run_config
     from neus2cli.train.static import train_static
     from neus2cli.train.trainer import TrainingInterrupted
 
-    preset = config or ("base" if scene is not None else "demo")
-    cfg = resolve_config(
-        preset,
-        overrides,
-        **{"train.steps": steps, "backend": backend.value if backend else None},
-    )
     if scene is None:
+        from data_tools import demo_scene_path
+
         err_console.print("No scene given: training the bundled demo scene.")
+    request = ConfigRequest(
+        config,
+        tuple(overrides),
+        {"train.steps": steps, "backend": backend.value if backend else None},
+        default_preset="base" if scene is not None else "demo",
+    )
+    cfg = run_config(request, out, resume=resume)
+    scene_path = scene if scene is not None else demo_scene_path()
     try:
         run_dir, metrics = train_static(
-            scene, cfg, out, resume=resume, force=force, progress=not no_progress, steps=steps
+            scene_path,
+            cfg,
+            out,
+            compute=resolve_compute(cfg.backend),
+            resume=resume,
+            force=force,
+            progress=not no_progress,
         )
     except TrainingInterrupted as err:
         _interrupted(
@@ -83,6 +100,8 @@ def train(
         return
     summary = {k: metrics[k] for k in ("steps", "train_seconds", "psnr_test", "backend") if k in metrics}
     console.print(f"[green]done[/green] {run_dir}  " + "  ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
+    console.print(f"mesh:    {escape(str(run_dir / 'mesh.ply'))}")
+    console.print(f"preview: {escape(str(run_dir / 'preview.png'))}")
 
 
 def _fmt(value) -> str:
@@ -159,9 +178,11 @@ class DynamicMode(str, Enum):
 @app.command("train-dynamic")
 def train_dynamic_cmd(
     scene_dir: Path = typer.Argument(..., help="Folder of per-frame JSON files (NeuS2 layout), sorted by name."),
-    config: str = typer.Option("base", "--config", "-c", help="Preset name or JSON file."),
+    config: str | None = typer.Option(None, "--config", "-c", help="Preset name or JSON file (default: base)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default outputs/<scene>/<timestamp>)."),
-    mode: DynamicMode = typer.Option(DynamicMode.incremental, "--mode", help="incremental (NeuS2) or per-frame."),
+    mode: DynamicMode | None = typer.Option(
+        None, "--mode", help="incremental (NeuS2, the default) or per-frame; a resumed run keeps its own."
+    ),
     frames: str | None = typer.Option(None, "--frames", help="Frame range a:b[:step] (input order)."),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
     backend: BackendChoice | None = typer.Option(None, "--backend", help="Compute path (default from the config)."),
@@ -169,18 +190,25 @@ def train_dynamic_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
-    """Reconstruct a multi-view video: one mesh and rigid transform per frame."""
-    from neus2cli.config import resolve_config
+    """Reconstruct a multi-view video: one mesh and rigid transform per frame.
+
+    With --resume the run keeps its config, mode and frames; --backend and output options may change.
+    """
+    from neus2cli.compute import resolve_compute
+    from neus2cli.config import ConfigRequest
     from neus2cli.train.dynamic import train_dynamic
+    from neus2cli.train.run import run_config
     from neus2cli.train.trainer import TrainingInterrupted
 
-    cfg = resolve_config(config, overrides, backend=backend.value if backend else None)
+    request = ConfigRequest(config, tuple(overrides), {"backend": backend.value if backend else None})
+    cfg = run_config(request, out, resume=resume)
     try:
         run_dir, metrics = train_dynamic(
             scene_dir,
             cfg,
             out,
-            mode=mode.value,
+            compute=resolve_compute(cfg.backend),
+            mode=mode.value if mode else None,
             frames=frames,
             resume=resume,
             force=force,

@@ -13,7 +13,7 @@ from torch import nn
 
 from neus2cli.compute import Compute
 from neus2cli.config import ModelConfig
-from neus2cli.model.encoding import HashGridConfig, make_hash_grid
+from neus2cli.model.encoding import HashGridConfig, level_feature_mask, make_hash_grid
 from neus2cli.model.mlp import make_mlp
 from neus2cli.model.sdf_mlp import sdf_mlp_with_gradient
 from neus2cli.model.sh import make_sh_encoding
@@ -44,7 +44,8 @@ class SDFNetwork(nn.Module):
 
     def __init__(self, cfg: ModelConfig, backend: str):
         super().__init__()
-        self.encoding = make_hash_grid(hash_grid_config(cfg), backend)
+        self.grid_config = hash_grid_config(cfg)
+        self.encoding = make_hash_grid(self.grid_config, backend)
         n_enc = self.encoding.n_output_dims
         self.n_levels = cfg.n_levels
         self.n_features_per_level = cfg.n_features_per_level
@@ -66,11 +67,8 @@ class SDFNetwork(nn.Module):
         self.out.weight[0].normal_(math.sqrt(math.pi) / math.sqrt(width), 1e-4)
 
     def set_active_levels(self, n_active: int) -> None:
-        """Progressive training: features of levels >= ``n_active`` are zeroed."""
-        n_active = max(1, min(int(n_active), self.n_levels))
-        mask = torch.zeros(self.n_levels, self.n_features_per_level, device=self.level_mask.device)
-        mask[:n_active] = 1.0
-        self.level_mask.copy_(mask.reshape(-1))
+        """Progressive training: features of levels >= ``n_active`` are zeroed (``level_feature_mask``)."""
+        self.level_mask.copy_(level_feature_mask(self.grid_config, n_active, self.level_mask.device))
 
     @property
     def active_levels(self) -> int:

@@ -1,4 +1,4 @@
-"""Checkpoint files: one ``checkpoint.pt`` per run, written atomically.
+"""Checkpoint files of static runs: one ``checkpoint.pt`` per run, written atomically, and the field they hold.
 
 Contents (a dict): ``version``, ``kind`` ("static"), ``config`` (resolved, plain data),
 ``backend``, ``normalization`` (``Normalization.to_dict``), ``scene`` (path, name,
@@ -13,8 +13,12 @@ from pathlib import Path
 
 import torch
 
+from neus2cli.compute import Compute
+from neus2cli.config import config_from_dict
 from neus2cli.errors import UserError
 from neus2cli.io import atomic_write_bytes
+from neus2cli.train.ema import WeightEMA
+from neus2cli.train.outputs import TrainedField, empty_field
 
 CHECKPOINT_VERSION = 1
 
@@ -61,3 +65,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     data["path"] = str(path)
     return data
+
+
+def field_from_checkpoint(ckpt: dict, compute: Compute) -> TrainedField:
+    """The field a loaded checkpoint holds, with its averaged (EMA) weights, on any backend."""
+    field = empty_field(config_from_dict(ckpt["config"], ckpt.get("path", "checkpoint")), compute)
+    state = ckpt["trainer"]
+    field.model.load_state_dict(state["model"])
+    field.grid.load_state_dict(state["grid"])
+    ema = WeightEMA(field.model, state["ema"]["decay"])
+    ema.load_state_dict(state["ema"])
+    ema.copy_to(field.model)
+    return field

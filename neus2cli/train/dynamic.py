@@ -14,7 +14,7 @@ Per-frame mode trains every frame from scratch with the static pipeline.
 Run folder (``DIR``): ``config.json``, ``run.json``, ``metrics.json``, ``state/last.pt``
 (resume point) and per frame k (4 digits, index in the input sequence)
 ``frames/kkkk/{mesh.ply, transform.json, field.bin, metrics.json}``; ``field.bin`` is a
-lossless compressed delta against the previous stored frame (``frame_store``).
+lossless compressed delta against the previous stored frame (``train.frames``).
 """
 
 from __future__ import annotations
@@ -22,29 +22,33 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
 from neus2cli import log
 from neus2cli.compute import Compute, resolve_compute
-from neus2cli.config import Config, config_from_dict
+from neus2cli.config import Config
 from neus2cli.data.hull import centred_normalization, visual_hull_box
 from neus2cli.data.images import load_images
 from neus2cli.data.loader import load_dynamic_scene
-from neus2cli.data.scene import Normalization, Scene
+from neus2cli.data.scene import DynamicScene, Normalization, Scene
 from neus2cli.errors import UserError
 from neus2cli.export.mesh import save_mesh
-from neus2cli.io import atomic_write_text
-from neus2cli.train.checkpoint import save_checkpoint
-from neus2cli.train.frame_store import decode_frame, is_keyframe, write_frame
+from neus2cli.train.checkpoint import load_checkpoint, save_checkpoint
+from neus2cli.train.frames import KEYFRAME_EVERY, field_state, frame_dir, store_field
+from neus2cli.train.outputs import TrainedField, image_metrics, mesh_of_field, render_views
 from neus2cli.train.pixels import PixelBank
+from neus2cli.train.pose import PoseOptimizer
 from neus2cli.train.rigid import FrameToCanonical, world_to_canonical_world
-from neus2cli.train.static import image_metrics, mesh_from_trainer, render_views
+from neus2cli.train.run import default_run_dir, new_run_dir, resumable_run_dir, resumed_config, write_json
 from neus2cli.train.trainer import DivergenceError, NeuSTrainer, TrainingInterrupted
 
-KEYFRAME_EVERY = 50
+MODES = ("incremental", "per-frame")
+RESUME_POINT = "state/last.pt"
 
 
 def parse_frame_range(text: str | None, n_frames: int) -> list[int]:
@@ -64,26 +68,6 @@ def parse_frame_range(text: str | None, n_frames: int) -> list[int]:
     if not picked:
         raise UserError(f"--frames {text} selects no frame of the {n_frames} in the sequence.")
     return picked
-
-
-def field_state(trainer: NeuSTrainer) -> dict[str, torch.Tensor]:
-    """What a frame stores: every model tensor plus the occupancy bitfield."""
-    state = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
-    state["grid.binaries"] = trainer.grid.binaries
-    return state
-
-
-def _finalize_ema(trainer: NeuSTrainer) -> None:
-    """Make the averaged weights the frame's weights (what is stored, meshed and carried on)."""
-    if trainer.ema.decay <= 0:
-        return
-    with torch.no_grad():
-        for name, p in trainer.model.named_parameters():
-            p.copy_(trainer.ema.shadow[name])
-
-
-def _frame_dir(out_dir: Path, index: int) -> Path:
-    return out_dir / "frames" / f"{index:04d}"
 
 
 def occupied_centroid(grid) -> np.ndarray:
@@ -109,127 +93,134 @@ def centre_on_object(scene: Scene, images: list[np.ndarray], normalization: Norm
     return centred_normalization(normalization, box)
 
 
+@dataclass
+class TrainedFrame:
+    """One frame's training result: the engine (EMA weights loaded), its ray transform, its mesh
+    (normalized field -> world coordinates of the canonical frame) and the attempt that succeeded."""
+
+    trainer: NeuSTrainer
+    transform: FrameToCanonical | None
+    mesh: trimesh.Trimesh
+    attempt: int
+    train_seconds: float
+    mesh_seconds: float
+
+
 class DynamicRun:
     """State of one sequence run; ``train_frame`` is the unit of work and of resumption."""
 
     def __init__(self, cfg: Config, compute: Compute, out_dir: Path, mode: str, progress: bool):
-        self.cfg, self.compute, self.device, self.out_dir = cfg, compute, compute.device, out_dir
+        self.cfg, self.compute, self.out_dir = cfg, compute, out_dir
         self.mode, self.progress = mode, progress
-        self.trainer: NeuSTrainer | None = None
+        self.prev_field: dict[str, torch.Tensor] | None = None  # the previous frame's model state
         self.accumulated = np.eye(4)
         self.prev_stored: dict[str, torch.Tensor] | None = None
         self.frames_since_key = 0
         self.prev_faces: int | None = None
         self.records: list[dict] = []
 
-    # ---------------------------------------------------------------- one frame
-    def _new_trainer(self, steps: int, seed_offset: int = 0) -> NeuSTrainer:
+    def _from_scratch(self, first: bool) -> bool:
+        return first or self.mode == "per-frame"
+
+    # ---------------------------------------------------------------- training one frame
+    def _frame_config(self, steps: int, seed_offset: int = 0) -> Config:
         cfg = copy.deepcopy(self.cfg)
         cfg.train.steps = steps
         cfg.train.seed += seed_offset
-        trainer = NeuSTrainer(cfg, self.compute)
-        trainer.total_steps = steps
-        return trainer
+        return cfg
 
-    def _train_first(self, bank: PixelBank, name: str, attempt: int) -> NeuSTrainer:
-        trainer = self._new_trainer(self.cfg.dynamic.first_frame_steps, seed_offset=attempt)
-        trainer.bank = bank
-        trainer.run(trainer.total_steps, description=f"frame {name}", progress=self.progress)
-        return trainer
+    def _train_first(self, bank: PixelBank, name: str, attempt: int) -> tuple[NeuSTrainer, None]:
+        cfg = self._frame_config(self.cfg.dynamic.first_frame_steps, seed_offset=attempt)
+        trainer = NeuSTrainer(cfg, self.compute, bank)
+        trainer.run(cfg.train.steps, description=f"frame {name}", progress=self.progress)
+        return trainer, None
 
-    def _train_next(self, bank: PixelBank, name: str, prev_model: dict, global_steps: int) -> NeuSTrainer:
+    def _train_next(self, bank: PixelBank, name: str, global_steps: int) -> tuple[NeuSTrainer, FrameToCanonical]:
+        """Pose phase (field frozen), then field and pose together, from the previous frame's field."""
         d = self.cfg.dynamic
-        joint_steps = max(d.next_frame_steps - global_steps, 0) if d.predict_global_movement else d.next_frame_steps
-        trainer = self._new_trainer(joint_steps)
-        trainer.model.load_state_dict(prev_model)
-        trainer.model.variance.requires_grad_(not d.freeze_sharpness)  # Adam skips parameters without grads
-        trainer.reset_optimizer()
-        trainer.bank = bank
-        # The reset grid is rebuilt from the previous field before anything samples it.
-        trainer.update_grid(0, force_full=True)
-        # The delta rotates about the object (as the grid sees it, mapped into the previous frame).
-        pivot = np.linalg.solve(self.accumulated, np.append(occupied_centroid(trainer.grid), 1.0))[:3]
         pose_steps = global_steps if d.predict_global_movement else 0
-        trainer.set_ray_transform(
-            FrameToCanonical(self.accumulated, pivot).to(self.device), lr=d.global_movement_lr, pose_steps=pose_steps
+        joint_steps = max(d.next_frame_steps - pose_steps, 0) if d.predict_global_movement else d.next_frame_steps
+        transform = FrameToCanonical(self.accumulated).to(self.compute.device)
+        trainer = NeuSTrainer(
+            self._frame_config(joint_steps),
+            self.compute,
+            bank,
+            init_field=self.prev_field,
+            learn_sharpness=not d.freeze_sharpness,
+            ray_transform=transform,
         )
-        if d.predict_global_movement and global_steps > 0:
-            trainer.freeze_field = True
-            trainer.run(global_steps, description=f"frame {name} (pose)", progress=self.progress)
-            trainer.freeze_field = False
-            trainer.step = 0
-        for group in trainer.transform_optimizer.param_groups:
-            group["lr"] = d.global_movement_lr * d.joint_movement_lr_factor
-        trainer.run(joint_steps, description=f"frame {name}", progress=self.progress)
-        return trainer
+        # The delta rotates about the object (as the rebuilt grid sees it, mapped into the previous frame).
+        transform.delta.set_pivot(
+            np.linalg.solve(self.accumulated, np.append(occupied_centroid(trainer.grid), 1.0))[:3]
+        )
+        pose = PoseOptimizer(transform, d.global_movement_lr, pose_steps, d.joint_movement_lr_factor)
+        if pose_steps > 0:
+            with trainer.field_frozen():
+                trainer.run(
+                    pose_steps, description=f"frame {name} (pose)", progress=self.progress, after_step=pose.after_step
+                )
+        pose.start_joint_phase()
+        trainer.run(joint_steps, description=f"frame {name}", progress=self.progress, after_step=pose.after_step)
+        return trainer, transform
 
-    def train_frame(self, index: int, scene: Scene, first: bool) -> dict:
-        """Train, check, store and mesh one frame; retries a diverged frame. Returns its record.
-
-        ``scene.normalization`` is the run's (incremental mode); per-frame mode may re-centre it.
-        """
+    def _train_checked(self, bank: PixelBank, index: int, scene: Scene, first: bool) -> TrainedFrame:
+        """Train and mesh the frame, retrying a diverged one with a longer pose phase."""
         d = self.cfg.dynamic
-        t0 = time.perf_counter()
-        images = load_images(scene.train_views, progress=False)
-        if self.mode == "per-frame" and d.center_on_masks:
-            scene.normalization = centre_on_object(scene, images, scene.normalization)
-        bank = PixelBank(scene.train_views, images, scene.normalization, self.device)
-        del images
-        seconds = {"load": time.perf_counter() - t0}
-        prev_model = None if self.trainer is None else copy.deepcopy(self.trainer.model.state_dict())
         last_error = None
         for attempt in range(d.max_retries + 1):
-            global_steps = d.global_movement_steps * (2**attempt)
             try:
                 t_train = time.perf_counter()
-                if first or self.mode == "per-frame":
-                    trainer = self._train_first(bank, f"{index:04d}", attempt)
+                if self._from_scratch(first):
+                    trainer, transform = self._train_first(bank, f"{index:04d}", attempt)
                 else:
-                    trainer = self._train_next(bank, f"{index:04d}", prev_model, global_steps)
-                _finalize_ema(trainer)
-                seconds["train"] = time.perf_counter() - t_train
+                    trainer, transform = self._train_next(bank, f"{index:04d}", d.global_movement_steps * (2**attempt))
+                trainer.ema.copy_to(trainer.model)  # the averaged weights are what is stored, meshed, carried on
                 t_mesh = time.perf_counter()
-                mesh = mesh_from_trainer(
-                    trainer,
-                    scene.normalization,
-                    resolution=self.cfg.output.mesh_resolution,
-                    color=self.cfg.output.mesh_color,
-                    min_component_fraction=self.cfg.output.remove_floaters,
-                )
-                faces = len(mesh.faces)
-                if faces == 0 or (self.prev_faces and self.mode == "incremental" and faces < 0.2 * self.prev_faces):
-                    raise DivergenceError(f"the mesh vanished ({faces} faces, previous frame {self.prev_faces})")
-                seconds["mesh"] = time.perf_counter() - t_mesh
-                break
+                mesh = self._mesh(trainer, scene)
+                return TrainedFrame(trainer, transform, mesh, attempt, t_mesh - t_train, time.perf_counter() - t_mesh)
             except DivergenceError as err:
                 last_error = err
                 log.warn(
                     f"frame {index:04d} diverged ({err}); retrying from the previous frame's state"
                     f" with a {2 ** (attempt + 1)}x longer global-movement phase."
                 )
-        else:
-            raise UserError(
-                f"frame {index:04d} diverged {d.max_retries + 1} times ({last_error}); frames before it are saved.",
-                path=self.out_dir,
-                hint="Try more steps (--set next_frame_steps=...), a longer --set global_movement_steps=..., "
-                "or --mode per-frame for sequences with cuts; then --resume.",
-            )
+        raise UserError(
+            f"frame {index:04d} diverged {d.max_retries + 1} times ({last_error}); frames before it are saved.",
+            path=self.out_dir,
+            hint="Try more steps (--set next_frame_steps=...), a longer --set global_movement_steps=..., "
+            "or --mode per-frame for sequences with cuts; then --resume.",
+        )
 
-        transform = FrameToCanonical(self.accumulated)
-        if trainer.ray_transform is not None:
-            transform = trainer.ray_transform
+    def _mesh(self, trainer: NeuSTrainer, scene: Scene) -> trimesh.Trimesh:
+        out = self.cfg.output
+        mesh = mesh_of_field(
+            TrainedField(trainer.model, trainer.grid, trainer.cfg, self.compute),
+            scene.normalization,
+            resolution=out.mesh_resolution,
+            color=out.mesh_color,
+            min_component_fraction=out.remove_floaters,
+        )
+        faces = len(mesh.faces)
+        if faces == 0 or (self.prev_faces and self.mode == "incremental" and faces < 0.2 * self.prev_faces):
+            raise DivergenceError(f"the mesh vanished ({faces} faces, previous frame {self.prev_faces})")
+        return mesh
+
+    # ---------------------------------------------------------------- writing one frame
+    def _store(self, index: int, frame: TrainedFrame, scene: Scene) -> tuple[np.ndarray, dict, int, bool]:
+        """Field, mesh (frame world coordinates) and transform.json of the frame.
+
+        Returns the accumulated normalized transform, the stored state, its size and whether it is a keyframe.
+        """
+        transform = frame.transform if frame.transform is not None else FrameToCanonical(self.accumulated)
         a_norm = transform.matrix().detach().cpu().double().numpy() if self.mode == "incremental" else np.eye(4)
         w2c = world_to_canonical_world(a_norm, scene.normalization)
-        mesh.apply_transform(np.linalg.inv(w2c))
-
-        t_store = time.perf_counter()
-        fdir = _frame_dir(self.out_dir, index)
+        frame.mesh.apply_transform(np.linalg.inv(w2c))
+        fdir = frame_dir(self.out_dir, index)
         fdir.mkdir(parents=True, exist_ok=True)
-        state = field_state(trainer)
+        state = field_state(frame.trainer.model, frame.trainer.grid)
         keyframe = self.prev_stored is None or self.frames_since_key >= KEYFRAME_EVERY - 1
-        n_bytes = write_frame(fdir / "field.bin", state, None if keyframe else self.prev_stored)
-        self.frames_since_key = 0 if keyframe else self.frames_since_key + 1
-        save_mesh(mesh, fdir / "mesh.ply")
+        n_bytes = store_field(self.out_dir, index, state, None if keyframe else self.prev_stored)
+        save_mesh(frame.mesh, fdir / "mesh.ply")
         transform_json = {
             "world_to_canonical": w2c.tolist(),
             "normalized_to_canonical": a_norm.tolist(),
@@ -240,44 +231,62 @@ class DynamicRun:
             # The field's frame: x_field = scale * x_canonical + offset (what export-mesh needs).
             "normalization": scene.normalization.to_dict(),
         }
-        atomic_write_text(fdir / "transform.json", json.dumps(transform_json, indent=2) + "\n")
+        write_json(fdir / "transform.json", transform_json)
+        return a_norm, state, n_bytes, keyframe
+
+    def train_frame(self, index: int, scene: Scene, first: bool) -> dict:
+        """Train, check, store and mesh one frame; retries a diverged frame. Returns its record.
+
+        ``scene.normalization`` is the run's (incremental mode); per-frame mode may re-centre it.
+        """
+        t0 = time.perf_counter()
+        images = load_images(scene.train_views, progress=False)
+        if self.mode == "per-frame" and self.cfg.dynamic.center_on_masks:
+            scene.normalization = centre_on_object(scene, images, scene.normalization)
+        bank = PixelBank(scene.train_views, images, scene.normalization, self.compute.device)
+        del images
+        seconds = {"load": time.perf_counter() - t0}
+        frame = self._train_checked(bank, index, scene, first)
+        seconds["train"], seconds["mesh"] = frame.train_seconds, frame.mesh_seconds
+        t_store = time.perf_counter()
+        a_norm, state, n_bytes, keyframe = self._store(index, frame, scene)
         seconds["store"] = time.perf_counter() - t_store
         t_render = time.perf_counter()
         test_views = scene.test_views[: self.cfg.output.render_test_views]
-        renders = render_views(trainer, test_views, load_images(test_views, progress=False), scene.normalization)
+        field = TrainedField(frame.trainer.model, frame.trainer.grid, frame.trainer.cfg, self.compute, frame.transform)
+        renders = render_views(field, test_views, load_images(test_views, progress=False), scene.normalization)
         seconds["render"] = time.perf_counter() - t_render
+        d = self.cfg.dynamic
         record = {
             "index": index,
             "name": scene.name,
             "seconds": time.perf_counter() - t0,
             "train_seconds": seconds["train"],
             "phase_seconds": seconds,
-            "steps": self.cfg.dynamic.first_frame_steps
-            if first or self.mode == "per-frame"
-            else self.cfg.dynamic.next_frame_steps,
-            "retries": attempt,
+            "steps": d.first_frame_steps if self._from_scratch(first) else d.next_frame_steps,
+            "retries": frame.attempt,
             "stored_bytes": n_bytes,
             "keyframe": keyframe,
-            "mesh_faces": len(mesh.faces),
+            "mesh_faces": len(frame.mesh.faces),
             **{k: v for k, v in image_metrics(renders).items() if k != "per_view"},
         }
-        atomic_write_text(fdir / "metrics.json", json.dumps(record, indent=2) + "\n")
-
-        self.trainer = trainer
+        write_json(frame_dir(self.out_dir, index) / "metrics.json", record)
+        self.prev_field = copy.deepcopy(frame.trainer.model.state_dict())
         self.accumulated = a_norm
         self.prev_stored = state
-        self.prev_faces = len(mesh.faces)
+        self.frames_since_key = 0 if keyframe else self.frames_since_key + 1
+        self.prev_faces = len(frame.mesh.faces)
         return record
 
     # ---------------------------------------------------------------- resume state
     def save_state(self, index: int) -> None:
-        assert self.trainer is not None
+        assert self.prev_field is not None
         save_checkpoint(
-            self.out_dir / "state" / "last.pt",
+            self.out_dir / RESUME_POINT,
             {
                 "kind": "dynamic",
                 "last_index": index,
-                "model": self.trainer.model.state_dict(),
+                "model": self.prev_field,
                 "accumulated": self.accumulated,
                 "prev_stored": self.prev_stored,
                 "frames_since_key": self.frames_since_key,
@@ -287,8 +296,7 @@ class DynamicRun:
         )
 
     def load_state(self, state: dict) -> None:
-        self.trainer = self._new_trainer(self.cfg.dynamic.next_frame_steps)
-        self.trainer.model.load_state_dict(state["model"])
+        self.prev_field = {k: v.to(self.compute.device) for k, v in state["model"].items()}
         self.accumulated = np.asarray(state["accumulated"])
         self.prev_stored = state["prev_stored"]
         self.frames_since_key = int(state["frames_since_key"])
@@ -311,57 +319,72 @@ def _summary(records: list[dict], mode: str, backend: str) -> dict:
     }
 
 
+def _run_normalization(sequence: DynamicScene, indices: list[int], mode: str, cfg: Config) -> Normalization:
+    """Frame 0's normalization, centred on its masks' visual hull in incremental mode."""
+    first = sequence.frames[indices[0]]
+    normalization = first.normalization
+    if mode == "incremental" and cfg.dynamic.center_on_masks:
+        normalization = centre_on_object(first, load_images(first.train_views, progress=False), normalization)
+    return normalization
+
+
+def _check_unchanged(option: str, given, stored, out_dir: Path) -> None:
+    if given is not None and given != stored:
+        raise UserError(
+            f"{option} {given} differs from the run being resumed ({stored}); a resumed run keeps its frames and mode.",
+            path=out_dir,
+            hint=f"Drop {option} to resume, or start a new run (another --out).",
+        )
+
+
 def train_dynamic(
     scene_dir: Path,
     cfg: Config,
     out_dir: Path | None = None,
     *,
-    mode: str = "incremental",
+    compute: Compute | None = None,
+    mode: str | None = None,
     frames: str | None = None,
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
 ) -> tuple[Path, dict]:
-    """Train a sequence frame by frame; returns (run folder, metrics). See the module docstring."""
-    from neus2cli.train.checkpoint import load_checkpoint
-    from neus2cli.train.static import default_run_dir, prepare_run_dir
+    """Train a sequence frame by frame; returns (run folder, metrics). See the module docstring.
 
-    if mode not in ("incremental", "per-frame"):
+    ``mode`` defaults to incremental, ``compute`` to ``resolve_compute(cfg.backend)``. With ``resume``,
+    ``cfg`` may differ from the run's saved config only in ``neus2cli.config.RESUMABLE`` keys (recorded
+    in the run), and ``mode`` and ``frames``, where given, must be the run's.
+    """
+    if mode is not None and mode not in MODES:
         raise UserError(f"--mode must be 'incremental' or 'per-frame', got '{mode}'.")
     sequence = load_dynamic_scene(scene_dir)
     indices = parse_frame_range(frames, len(sequence.frames))
-    if out_dir is None:
-        out_dir = default_run_dir(sequence.name)
     state = None
     if resume:
-        if not (out_dir / "state" / "last.pt").exists():
-            raise UserError("--resume needs a finished frame in the run folder (state/last.pt).", path=out_dir)
+        out_dir = resumable_run_dir(out_dir, RESUME_POINT, "a finished frame")
         run_info = json.loads((out_dir / "run.json").read_text())
-        cfg = config_from_dict(json.loads((out_dir / "config.json").read_text()), str(out_dir / "config.json"))
+        _check_unchanged("--mode", mode, run_info["mode"], out_dir)
+        _check_unchanged("--frames", indices if frames is not None else None, run_info["frames"], out_dir)
         mode, indices = run_info["mode"], run_info["frames"]
-        state = load_checkpoint(out_dir / "state" / "last.pt")
-    else:
-        prepare_run_dir(out_dir, resume=False, force=force)
-    compute = resolve_compute(cfg.backend)
-    backend = compute.backend
-    if state is not None:
+        state = load_checkpoint(out_dir / RESUME_POINT)
+        resumed_config(out_dir, cfg, {"after_frame": int(state["last_index"])})
         normalization = Normalization.from_dict(run_info["normalization"])
     else:
-        normalization = sequence.frames[indices[0]].normalization
-        if mode == "incremental" and cfg.dynamic.center_on_masks:
-            first = sequence.frames[indices[0]]
-            normalization = centre_on_object(first, load_images(first.train_views, progress=False), normalization)
-    cfg.save(out_dir / "config.json")
+        mode = mode or "incremental"
+        out_dir = new_run_dir(out_dir or default_run_dir(sequence.name), force)
+        normalization = _run_normalization(sequence, indices, mode, cfg)
+        cfg.save(out_dir / "config.json")
+    compute = compute or resolve_compute(cfg.backend)
     run_info = {
         "scene": str(Path(scene_dir).resolve()),
         "mode": mode,
         "frames": indices,
         "frame_names": [sequence.frame_names[i] for i in indices],
-        "backend": backend,
+        "backend": compute.backend,
         "normalization": normalization.to_dict(),
         "keyframe_every": KEYFRAME_EVERY,
     }
-    atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
+    write_json(out_dir / "run.json", run_info)
 
     run = DynamicRun(cfg, compute, out_dir, mode, progress)
     done = -1
@@ -376,60 +399,10 @@ def train_dynamic(
         try:
             record = run.train_frame(index, scene, first=(pos == 0))
         except TrainingInterrupted as err:
-            raise TrainingInterrupted(out_dir / "state" / "last.pt") from err
+            raise TrainingInterrupted(out_dir / RESUME_POINT) from err
         except KeyboardInterrupt:
-            raise TrainingInterrupted(out_dir / "state" / "last.pt") from None
+            raise TrainingInterrupted(out_dir / RESUME_POINT) from None
         run.records.append(record)
         run.save_state(index)
-        atomic_write_text(out_dir / "metrics.json", json.dumps(_summary(run.records, mode, backend), indent=2) + "\n")
-    return out_dir, _summary(run.records, mode, backend)
-
-
-def _read_frame(run_dir: Path, index: int, read, *args):
-    """``read(blob, *args)`` on frame ``index``'s stored field; a damaged file is a ``UserError`` naming it."""
-    path = _frame_dir(run_dir, index) / "field.bin"
-    try:
-        return read(path.read_bytes(), *args)
-    except ValueError as err:
-        raise UserError(
-            f"the stored field of frame {index:04d} cannot be read ({err}).",
-            path=path,
-            hint="The file is damaged or was written by another version of neus2cli; retrain from the frame "
-            "before it (delete this frame's folder and the later ones, then train-dynamic --resume).",
-        ) from None
-
-
-def trainer_for_frame(
-    run_dir: Path, frame: int, compute: Compute
-) -> tuple[NeuSTrainer, Normalization, np.ndarray]:
-    """Rebuild frame ``frame`` of a dynamic run from its stored deltas.
-
-    Returns the trainer (model + occupancy grid in the canonical frame), the normalization
-    and the 4x4 canonical-world -> frame-world matrix (world units).
-    """
-    run_dir = Path(run_dir)
-    info_path = run_dir / "run.json"
-    if not info_path.exists():
-        raise UserError("not a dynamic run folder (no run.json).", path=run_dir)
-    info = json.loads(info_path.read_text())
-    indices = info["frames"]
-    if frame not in indices:
-        raise UserError(f"frame {frame} is not part of this run (frames {indices[0]}..{indices[-1]}).", path=run_dir)
-    done = [i for i in indices if (_frame_dir(run_dir, i) / "field.bin").exists()]
-    if frame not in done:
-        raise UserError(f"frame {frame} has not been trained yet.", path=run_dir, hint="Resume the run first.")
-    cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
-    trainer = NeuSTrainer(cfg, compute)
-    like = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
-    like["grid.binaries"] = trainer.grid.binaries
-    chain = done[: done.index(frame) + 1]
-    start = max(i for i, k in enumerate(chain) if _read_frame(run_dir, k, is_keyframe))
-    state = None
-    for k in chain[start:]:
-        state = _read_frame(run_dir, k, decode_frame, state, like)
-    trainer.model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
-    trainer.grid.binaries.copy_(state["grid.binaries"].to(trainer.grid.binaries.device))
-    trainer.ema.shadow = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    transform = json.loads((_frame_dir(run_dir, frame) / "transform.json").read_text())
-    normalization = Normalization.from_dict(transform.get("normalization", info["normalization"]))
-    return trainer, normalization, np.linalg.inv(np.asarray(transform["world_to_canonical"]))
+        write_json(out_dir / "metrics.json", _summary(run.records, mode, compute.backend))
+    return out_dir, _summary(run.records, mode, compute.backend)

@@ -21,8 +21,7 @@ header, the chunks as stored::
      "chunks": [[stored bytes, "zlib" | "raw"], ...]}
 
 Per tensor, in order, the payload holds ``ceil(words / 8)`` mask bytes and ``itemsize``
-planes of ``non-zero words`` bytes, concatenated and then chunked. Files written before
-this format (an ``np.savez_compressed`` archive of float32 XOR words) are still read.
+planes of ``non-zero words`` bytes, concatenated and then chunked.
 """
 
 from __future__ import annotations

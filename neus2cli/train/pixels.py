@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neus2cli.data.rays import camera_rays
+from neus2cli.data.rays import camera_rays, pixel_centers
 from neus2cli.data.scene import Normalization, View
 
 
@@ -68,8 +68,7 @@ class PixelBank:
 def view_rays(view: View, normalization: Normalization, device) -> tuple[torch.Tensor, torch.Tensor]:
     """All rays of one view, row-major: rays_o, rays_d (H*W, 3) in the normalized frame."""
     dev = torch.device(device)
-    v, u = torch.meshgrid(torch.arange(view.height, device=dev), torch.arange(view.width, device=dev), indexing="ij")
-    uv = torch.stack([u.reshape(-1).float() + 0.5, v.reshape(-1).float() + 0.5], dim=-1)
+    uv = pixel_centers(view.height, view.width, device=dev)
     K = torch.tensor(view.K, dtype=torch.float32, device=dev)
     c2w = torch.tensor(normalization.c2w_to_normalized(view.c2w), dtype=torch.float32, device=dev)
     dist = None

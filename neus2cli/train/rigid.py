@@ -28,6 +28,10 @@ def rotation_from_6d(r6: torch.Tensor) -> torch.Tensor:
     return torch.stack([b1, b2, b3], dim=-1)
 
 
+def _pivot_tensor(pivot: float | np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.broadcast_to(np.asarray(pivot, dtype=np.float32), (3,)).copy())
+
+
 class RigidDelta(nn.Module):
     """Learned rigid motion about a pivot: x -> R (x - p) + p + t (normalized frame).
 
@@ -39,8 +43,12 @@ class RigidDelta(nn.Module):
         super().__init__()
         self.r6 = nn.Parameter(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
         self.translation = nn.Parameter(torch.zeros(3))
-        pivot = torch.as_tensor(np.broadcast_to(np.asarray(pivot, dtype=np.float32), (3,)).copy())
-        self.register_buffer("pivot", pivot)
+        self.register_buffer("pivot", _pivot_tensor(pivot))
+
+    @torch.no_grad()
+    def set_pivot(self, pivot: float | np.ndarray | torch.Tensor) -> None:
+        """Move the rotation centre (normalized frame) before training starts."""
+        self.pivot.copy_(_pivot_tensor(pivot))
 
     def matrix(self) -> torch.Tensor:
         """(4, 4) homogeneous matrix of the current delta."""

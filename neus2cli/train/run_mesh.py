@@ -10,11 +10,15 @@ from neus2cli.compute import Compute
 from neus2cli.data.scene import Normalization
 from neus2cli.errors import UserError
 from neus2cli.export.mesh import save_mesh
+from neus2cli.train.checkpoint import field_from_checkpoint, find_checkpoint, load_checkpoint
+from neus2cli.train.frames import field_for_frame, frame_dir
+from neus2cli.train.outputs import mesh_of_field
 
 
 def export_run_mesh(
     checkpoint: str | Path,
     *,
+    compute: Compute,
     out: Path | None = None,
     resolution: int = 512,
     bbox_world: np.ndarray | None = None,
@@ -22,7 +26,6 @@ def export_run_mesh(
     color: bool = True,
     min_component_fraction: float = 0.0,
     frame: int | None = None,
-    compute: Compute,
 ) -> Path:
     """Write one mesh file (world frame) and return its path.
 
@@ -30,22 +33,15 @@ def export_run_mesh(
         checkpoint: a ``checkpoint.*`` file or a run folder; a dynamic run folder needs ``frame``.
         bbox_world: optional (2, 3) region in world units (default: the normalized unit cube).
     """
-    from neus2cli.train.static import mesh_from_trainer
-
     checkpoint = Path(checkpoint)
     if frame is not None or (checkpoint.is_dir() and (checkpoint / "frames").is_dir()):
-        from neus2cli.train.dynamic import trainer_for_frame
-
         if frame is None:
             raise UserError("this is a dynamic run: say which frame to export with --frame k.", path=checkpoint)
-        trainer, normalization, world_from_canonical = trainer_for_frame(checkpoint, frame, compute)
-        default_out = checkpoint / "frames" / f"{frame:04d}" / f"mesh_{resolution}.{fmt}"
+        field, normalization, world_from_canonical = field_for_frame(checkpoint, frame, compute)
+        default_out = frame_dir(checkpoint, frame) / f"mesh_{resolution}.{fmt}"
     else:
-        from neus2cli.train.checkpoint import find_checkpoint, load_checkpoint
-        from neus2cli.train.static import trainer_from_checkpoint
-
         ckpt = load_checkpoint(checkpoint)
-        trainer = trainer_from_checkpoint(ckpt, compute)
+        field = field_from_checkpoint(ckpt, compute)
         normalization = Normalization.from_dict(ckpt["normalization"])
         world_from_canonical = None
         default_out = find_checkpoint(checkpoint).parent / f"mesh_{resolution}.{fmt}"
@@ -53,8 +49,8 @@ def export_run_mesh(
     bbox = None
     if bbox_world is not None:
         bbox = normalization.world_to_normalized(np.asarray(bbox_world, dtype=np.float64).reshape(2, 3))
-    mesh = mesh_from_trainer(
-        trainer,
+    mesh = mesh_of_field(
+        field,
         normalization,
         resolution=resolution,
         color=color,

@@ -1,8 +1,9 @@
-"""One NeuS2 optimisation: model, occupancy grid, optimiser and weight EMA for one scene or frame.
+"""The training engine: one NeuS2 optimisation of a model and its occupancy grid against a pixel bank.
 
-``NeuSTrainer`` is the engine shared by static training (``train.static``) and the
-incremental dynamic training (``train.dynamic``). Everything it touches lives in the
-**normalized** frame.
+``NeuSTrainer`` is complete when constructed (config, compute path, pixels, optionally a field to
+start from) and knows nothing about runs, files or a sequence's pose phase: the static and dynamic
+runs (``train.static``, ``train.dynamic``) drive it through its methods. Everything it touches lives
+in the **normalized** frame.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -22,9 +23,11 @@ from neus2cli.model.fields import NeuSModel
 from neus2cli.render.neus import logistic_density
 from neus2cli.render.occupancy import make_occupancy_grid
 from neus2cli.render.renderer import render_rays
+from neus2cli.train.ema import WeightEMA
 from neus2cli.train.losses import eikonal_loss, huber_loss, mask_bce, psnr_from_mse
 from neus2cli.train.pixels import PixelBank
 from neus2cli.train.progress import TrainProgress
+from neus2cli.train.schedules import active_levels, lr_factor
 
 UNIT_CUBE = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
 
@@ -51,103 +54,50 @@ class StepStats:
     n_samples: int
 
 
-def active_levels(step: int, n_levels: int, start_levels: int, start_step: int, every: int) -> int:
-    """Progressive training: ``start_levels`` until ``start_step``, then one more level every ``every`` steps."""
-    if every <= 0:
-        return n_levels
-    extra = max(0, step - start_step) // every
-    return int(min(n_levels, start_levels + extra))
-
-
-def lr_factor(step: int, total: int, decay_start: float, final_factor: float) -> float:
-    """1 until ``decay_start * total``, then exponential decay reaching ``final_factor`` at ``total``."""
-    begin = decay_start * total
-    if total <= 0 or step <= begin or final_factor >= 1.0:
-        return 1.0
-    frac = min(1.0, (step - begin) / max(total - begin, 1.0))
-    return float(final_factor**frac)
-
-
-class WeightEMA:
-    """Exponential moving average of a module's floating-point parameters."""
-
-    def __init__(self, module: nn.Module, decay: float):
-        self.decay = decay
-        self.module = module
-        self.shadow = {n: p.detach().clone() for n, p in module.named_parameters()}
-
-    @torch.no_grad()
-    def update(self) -> None:
-        if self.decay <= 0:
-            return
-        names = list(self.shadow)
-        params = dict(self.module.named_parameters())
-        shadow = [self.shadow[n] for n in names]
-        current = [params[n].detach() for n in names]
-        torch._foreach_mul_(shadow, self.decay)
-        torch._foreach_add_(shadow, current, alpha=1.0 - self.decay)
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator[None]:
-        """Temporarily load the averaged weights into the module."""
-        if self.decay <= 0:
-            yield
-            return
-        params = dict(self.module.named_parameters())
-        backup = {n: p.detach().clone() for n, p in params.items()}
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(self.shadow[n])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(backup[n])
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay = state["decay"]
-        for n, t in state["shadow"].items():
-            if n in self.shadow:
-                self.shadow[n].copy_(t)
-
-
 class NeuSTrainer:
     """Optimises a ``NeuSModel`` against a ``PixelBank``.
 
     Args:
-        cfg: the resolved run config.
+        cfg: the resolved run config; ``cfg.train.steps`` is the length of the schedules.
         compute: the backend, device and compositing implementation (``neus2cli.compute``).
-        ray_transform: optional module mapping (rays_o, rays_d) of the current frame into the
-            model's canonical frame (the dynamic global transform); trained with its own optimiser.
+        bank: the training pixels, on ``compute.device``.
+        init_field: a model ``state_dict`` to start from (a previous frame's field) instead of the
+            geometric initialisation; the occupancy grid is then rebuilt from it before any sampling.
+        learn_sharpness: False keeps the sharpness ``variance`` fixed (Adam skips it).
+        ray_transform: optional module mapping (rays_o, rays_d) of the pixels' frame into the model's
+            frame (a dynamic frame's rigid transform). Its gradients are left for its owner, who
+            steps its optimiser (``run(..., after_step=...)``).
     """
 
-    def __init__(self, cfg: Config, compute: Compute):
+    def __init__(
+        self,
+        cfg: Config,
+        compute: Compute,
+        bank: PixelBank,
+        *,
+        init_field: dict[str, torch.Tensor] | None = None,
+        learn_sharpness: bool = True,
+        ray_transform: nn.Module | None = None,
+    ):
         self.cfg = cfg
         self.compute = compute
         self.device = compute.device
+        self.bank = bank
+        self.ray_transform = ray_transform
         self.model = NeuSModel(cfg.model, compute)
         self.grid = make_occupancy_grid(compute, UNIT_CUBE, cfg.sampling.grid_resolution)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.train.seed)
-        self.bank: PixelBank | None = None
-        self.ray_transform: nn.Module | None = None
-        self.transform_optimizer: torch.optim.Optimizer | None = None
-        self.pose_steps, self.pose_lr = 0, 0.0
+        if init_field is not None:
+            self.model.load_state_dict(init_field)
+        self.model.variance.requires_grad_(learn_sharpness)  # Adam skips parameters without grads
         self.step = 0
         self.total_steps = cfg.train.steps
         self.n_rays = cfg.sampling.initial_rays
-        self.freeze_field = False
+        self.freeze_field = False  # set only by field_frozen()
         self.batches_cut = 0  # batches the sample budget cut (see SamplingConfig.max_samples_factor)
         self._active_levels = -1
-        self.reset_optimizer()
-
-    # ----------------------------------------------------------------- state resets
-    def reset_optimizer(self) -> None:
-        t = self.cfg.train
+        t = cfg.train
         groups = [
             {"params": self.model.encoding_params(), "weight_decay": 0.0},
             {"params": self.model.mlp_weights(), "weight_decay": t.weight_decay},
@@ -158,23 +108,21 @@ class NeuSTrainer:
             groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, fused=self.device.type == "cuda"
         )
         self.ema = WeightEMA(self.model, t.ema_decay)
+        if init_field is not None:
+            self.update_grid(0, force_full=True)
 
-    def set_ray_transform(self, module: nn.Module | None, lr: float = 5e-3, pose_steps: int = 0) -> None:
-        """Train ``module`` (rays of this frame -> canonical frame) with its own Adam at ``lr``.
-
-        ``pose_steps``: length of the pose-only phase (``freeze_field``); its second half decays the
-        rate to a tenth (cosine), so the pose settles instead of ending on Adam's step-size jitter.
-        """
-        self.ray_transform = module
-        self.pose_steps, self.pose_lr = pose_steps, lr
-        self.transform_optimizer = (
-            torch.optim.Adam(module.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-15) if module is not None else None
-        )
-
-    def _decay_pose_lr(self) -> None:
-        frac = min(1.0, max(0.0, (self.step / self.pose_steps - 0.5) * 2.0))
-        for group in self.transform_optimizer.param_groups:
-            group["lr"] = self.pose_lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * frac)))
+    @contextlib.contextmanager
+    def field_frozen(self) -> Iterator[None]:
+        """Steps inside train only what ``ray_transform`` exposes: no field update, no grid update, all
+        levels on, colour loss only. They do not count: ``step`` is back to its entry value afterwards,
+        so the field's schedules start where they were."""
+        entry_step = self.step
+        self.freeze_field = True
+        try:
+            yield
+        finally:
+            self.freeze_field = False
+            self.step = entry_step
 
     # ----------------------------------------------------------------- one step
     @torch.no_grad()
@@ -214,8 +162,6 @@ class NeuSTrainer:
             group["lr"] = t.lr * factor
 
     def train_step(self) -> StepStats:
-        if self.bank is None:
-            raise RuntimeError("set trainer.bank before training")
         t, s = self.cfg.train, self.cfg.sampling
         self._apply_schedules()
         self.model.train()
@@ -258,16 +204,10 @@ class NeuSTrainer:
                 loss = loss + t.mask_weight * mask_bce(out.opacity, mask[:, 0])
         if loss.requires_grad:
             self.optimizer.zero_grad(set_to_none=True)
-            if self.transform_optimizer is not None:
-                self.transform_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if not self.freeze_field:
                 self.optimizer.step()
                 self.ema.update()
-            if self.transform_optimizer is not None:
-                if self.freeze_field and self.pose_steps > 0:
-                    self._decay_pose_lr()
-                self.transform_optimizer.step()
         mse = ((out.rgb.detach() - target) ** 2).mean()
         if out.n_samples > 0:
             self.n_rays = int(min(s.max_rays, max(64, n * s.target_samples / out.n_samples)))
@@ -283,11 +223,13 @@ class NeuSTrainer:
         *,
         description: str = "training",
         progress: bool = True,
-        on_checkpoint=None,
+        on_checkpoint: Callable[[NeuSTrainer], object] | None = None,
+        after_step: Callable[[NeuSTrainer], None] | None = None,
     ) -> dict:
         """Train until ``self.step == until_step``; returns timing figures.
 
-        ``on_checkpoint(trainer)`` is called every ``checkpoint_every`` steps and on Ctrl-C
+        ``after_step(trainer)`` runs after every step (the gradients of ``ray_transform`` are then
+        fresh). ``on_checkpoint(trainer)`` is called every ``checkpoint_every`` steps and on Ctrl-C
         (then ``TrainingInterrupted`` is raised with its return value).
         """
         t = self.cfg.train
@@ -303,6 +245,8 @@ class NeuSTrainer:
             try:
                 while self.step < until_step:
                     stats = self.train_step()
+                    if after_step is not None:
+                        after_step(self)
                     samples += stats.n_samples
                     window_samples += stats.n_samples
                     # Summed on the device; read (one sync) only when the bar is refreshed.

@@ -1,0 +1,86 @@
+"""The frames of a dynamic run folder: ``frames/kkkk/field.bin`` and the fields rebuilt from them.
+
+A frame stores every model tensor plus the occupancy bitfield (``field_state``), as a lossless
+delta against the previous stored frame or as a keyframe (``frame_store``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neus2cli.compute import Compute
+from neus2cli.config import load_run_config
+from neus2cli.data.scene import Normalization
+from neus2cli.errors import UserError
+from neus2cli.train.frame_store import decode_frame, is_keyframe, write_frame
+from neus2cli.train.outputs import TrainedField, empty_field
+
+KEYFRAME_EVERY = 50
+
+
+def frame_dir(run_dir: Path, index: int) -> Path:
+    """``run_dir/frames/kkkk`` (k: the frame's index in the input sequence)."""
+    return Path(run_dir) / "frames" / f"{index:04d}"
+
+
+def field_state(model: torch.nn.Module, grid: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a frame stores: every model tensor (``model.*``) plus the occupancy bitfield (``grid.binaries``)."""
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state["grid.binaries"] = grid.binaries
+    return state
+
+
+def store_field(run_dir: Path, index: int, state: dict[str, torch.Tensor], prev: dict | None) -> int:
+    """Write frame ``index``'s field (a keyframe when ``prev`` is None); returns its size in bytes."""
+    return write_frame(frame_dir(run_dir, index) / "field.bin", state, prev)
+
+
+def _read_frame(run_dir: Path, index: int, read: Callable[..., Any], *args):
+    """``read(blob, *args)`` on frame ``index``'s stored field; a damaged file is a ``UserError`` naming it."""
+    path = frame_dir(run_dir, index) / "field.bin"
+    try:
+        return read(path.read_bytes(), *args)
+    except ValueError as err:
+        raise UserError(
+            f"the stored field of frame {index:04d} cannot be read ({err}).",
+            path=path,
+            hint="The file is damaged or was written by another version of neus2cli; retrain from the frame "
+            "before it (delete this frame's folder and the later ones, then train-dynamic --resume).",
+        ) from None
+
+
+def field_for_frame(run_dir: Path, frame: int, compute: Compute) -> tuple[TrainedField, Normalization, np.ndarray]:
+    """Rebuild frame ``frame`` of a dynamic run from its stored deltas.
+
+    Returns the field (model + occupancy grid in the canonical frame), the normalization and the
+    4x4 canonical-world -> frame-world matrix (world units).
+    """
+    run_dir = Path(run_dir)
+    info_path = run_dir / "run.json"
+    if not info_path.exists():
+        raise UserError("not a dynamic run folder (no run.json).", path=run_dir)
+    info = json.loads(info_path.read_text())
+    indices = info["frames"]
+    if frame not in indices:
+        raise UserError(f"frame {frame} is not part of this run (frames {indices[0]}..{indices[-1]}).", path=run_dir)
+    done = [i for i in indices if (frame_dir(run_dir, i) / "field.bin").exists()]
+    if frame not in done:
+        raise UserError(f"frame {frame} has not been trained yet.", path=run_dir, hint="Resume the run first.")
+    field = empty_field(load_run_config(run_dir / "config.json"), compute)
+    like = field_state(field.model, field.grid)
+    chain = done[: done.index(frame) + 1]
+    start = max(i for i, k in enumerate(chain) if _read_frame(run_dir, k, is_keyframe))
+    state = None
+    for k in chain[start:]:
+        state = _read_frame(run_dir, k, decode_frame, state, like)
+    field.model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+    field.grid.binaries.copy_(state["grid.binaries"].to(field.grid.binaries.device))
+    transform = json.loads((frame_dir(run_dir, frame) / "transform.json").read_text())
+    normalization = Normalization.from_dict(transform.get("normalization", info["normalization"]))
+    return field, normalization, np.linalg.inv(np.asarray(transform["world_to_canonical"]))
