@@ -19,6 +19,9 @@ from neus2cli.render.volrend import Impl, accumulate_along_rays, render_visibili
 
 RayTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
+# The box every occupancy grid of neus2cli covers: the normalized unit cube (grids are built on it).
+NORMALIZED_CUBE = (0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
+
 # Points per SDF call in the no-gradient pre-pass: a batch whose marched samples explode (a grid
 # update that suddenly occupies many cells) must not exhaust GPU memory there.
 PREPASS_CHUNK = 1 << 21
@@ -62,7 +65,8 @@ def sample_along_rays(
     impl: Impl,
     march_impl: MarchImpl,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fixed-step samples in the occupied cells of ``estimator`` (first level), early-stopped by ``alpha_fn``.
+    """Fixed-step samples in the occupied cells of ``estimator`` (first level, over ``NORMALIZED_CUBE``),
+    early-stopped by ``alpha_fn``.
 
     One (ray, step)-parallel march (``render.march``) instead of the estimator's own sampling (nerfacc's
     marches one thread per ray, twice), then the pre-pass alpha and the visibility rule of
@@ -71,8 +75,7 @@ def sample_along_rays(
 
     Returns ``ray_indices`` (n,) int64 sorted, ``t_starts``, ``t_ends`` (n,) float32.
     """
-    # 6 floats; the step waits on the GPU once anyway (march_rays sizes its outputs).
-    aabb = [float(v) for v in estimator.aabbs[0].tolist()]
+    aabb = NORMALIZED_CUBE  # host floats: reading the grid's box from the device would wait on the GPU
     jitter = torch.rand_like(rays_o[:, 0]) if stratified else None
     t_start, t_lo, t_hi = march_window(rays_o, rays_d, aabb, step_size, jitter=jitter)
     ray_indices, t_starts, t_ends = march_rays(

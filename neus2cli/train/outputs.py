@@ -23,9 +23,8 @@ from neus2cli.export.mesh import extract_mesh
 from neus2cli.io import atomic_write
 from neus2cli.model.fields import NeuSModel
 from neus2cli.render.occupancy import make_occupancy_grid
-from neus2cli.render.renderer import render_image_rays
+from neus2cli.render.renderer import NORMALIZED_CUBE, render_image_rays
 from neus2cli.train.pixels import view_rays
-from neus2cli.train.trainer import UNIT_CUBE
 
 EVAL_BACKGROUND = (1.0, 1.0, 1.0)
 
@@ -53,7 +52,7 @@ def empty_field(cfg: Config, compute: Compute) -> TrainedField:
     """A freshly initialised field of ``cfg``'s shape, to load stored weights into."""
     return TrainedField(
         NeuSModel(cfg.model, compute),
-        make_occupancy_grid(compute, UNIT_CUBE, cfg.sampling.grid_resolution),
+        make_occupancy_grid(compute, NORMALIZED_CUBE, cfg.sampling.grid_resolution),
         cfg,
         compute,
     )

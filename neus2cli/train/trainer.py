@@ -22,14 +22,12 @@ from neus2cli.config import Config
 from neus2cli.model.fields import NeuSModel
 from neus2cli.render.neus import logistic_density
 from neus2cli.render.occupancy import make_occupancy_grid
-from neus2cli.render.renderer import render_rays
+from neus2cli.render.renderer import NORMALIZED_CUBE, render_rays
 from neus2cli.train.ema import WeightEMA
 from neus2cli.train.losses import eikonal_loss, huber_loss, mask_bce, psnr_from_mse
 from neus2cli.train.pixels import PixelBank
 from neus2cli.train.progress import TrainProgress
 from neus2cli.train.schedules import active_levels, lr_factor
-
-UNIT_CUBE = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
 
 
 class TrainingInterrupted(Exception):
@@ -85,7 +83,7 @@ class NeuSTrainer:
         self.bank = bank
         self.ray_transform = ray_transform
         self.model = NeuSModel(cfg.model, compute)
-        self.grid = make_occupancy_grid(compute, UNIT_CUBE, cfg.sampling.grid_resolution)
+        self.grid = make_occupancy_grid(compute, NORMALIZED_CUBE, cfg.sampling.grid_resolution)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.train.seed)
         if init_field is not None:
