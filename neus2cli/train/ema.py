@@ -24,8 +24,10 @@ class WeightEMA:
     def update(self) -> None:
         if self.decay <= 0:
             return
-        names = list(self.shadow)
         params = dict(self.module.named_parameters())
+        # A frozen parameter's average is itself: decay * x + (1 - decay) * x is not x in floating point,
+        # and a frozen value must stay bit for bit (the dynamic run freezes the sharpness).
+        names = [n for n in self.shadow if params[n].requires_grad]
         shadow = [self.shadow[n] for n in names]
         current = [params[n].detach() for n in names]
         torch._foreach_mul_(shadow, self.decay)
