@@ -600,7 +600,7 @@ RANGES: dict[str, Check] = {
 }
 
 
-def check_ranges(cfg: Config, source: str = "config") -> None:
+def check_ranges(cfg: Config, source: str | None = None) -> None:
     """``UserError`` naming the first field outside its range (``RANGES``; every float must be finite)."""
     for key, value in _flatten(cfg.to_dict()).items():
         if isinstance(value, bool) or not isinstance(value, int | float):
