@@ -159,10 +159,8 @@ def _trainer_gradients(scene, sdf_gradient: str) -> dict[str, torch.Tensor]:
     cfg = resolve_config("fast", ["backend=torch", "sampling.grid_resolution=32", f"model.sdf_gradient={sdf_gradient}"])
     loaded = load_scene(scene)
     torch.manual_seed(0)
-    trainer = NeuSTrainer(cfg, Compute.cpu())
-    trainer.bank = PixelBank(
-        loaded.train_views, load_images(loaded.train_views, progress=False), loaded.normalization, "cpu"
-    )
+    bank = PixelBank(loaded.train_views, load_images(loaded.train_views, progress=False), loaded.normalization, "cpu")
+    trainer = NeuSTrainer(cfg, Compute.cpu(), bank)
     with torch.no_grad():  # features that matter (at init their first-layer columns are zero)
         trainer.model.sdf_net.hidden.weight[:, 3:].normal_(0.0, 0.5)
         trainer.model.sdf_net.encoding.params.normal_(0.0, 0.05)
