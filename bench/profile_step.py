@@ -1,14 +1,15 @@
-"""Where does a training step's time go? Times each stage of NeuS2 steps on a scene.
+"""Where does a training step's time go? Times NeuS2 steps on a scene.
 
-    python bench/profile_step.py SCENE [--config dtu] [--backend auto] [--steps 300] [--warmup 200] [--trace 20]
+    python bench/profile_step.py SCENE [--config dtu] [--backend auto] [--steps 300] [--warmup 300] [--trace 20]
 
-Stages: ray batch, occupancy update, sampling (incl. the alpha pre-pass), SDF + gradient,
-colour + compositing + loss, backward, optimiser + EMA. GPU stages are timed with CUDA
-events after a synchronising warm-up; numbers are medians over the timed steps.
-``--trace N`` also runs N steps under ``torch.profiler`` and prints the top operators by
-device and by host time, and how busy the device was (kernel time / wall time; the wall time
-is the profiled one, which the profiler inflates, so compare kernel time with the untraced step
-time too): a device idle much of the time means a step bound by Python and launches, not by maths.
+Reports the median step (each step waited for), the mean step issued back to back (as the training
+loop issues them), the host syncs per step (PyTorch's sync debug mode; CUDA), and each stage's
+median time from CUDA events between the stages: ray batch, march, pre-pass + compaction, SDF +
+gradient, colour + compositing, loss, backward, optimiser + EMA, occupancy update. The stage marks
+need the step's Python, so on CUDA they time the eager body of the fixed-shape step (the kernels
+the captured graph replays, plus their launch gaps). ``--trace N`` also runs N steps under
+``torch.profiler`` and prints the top operators by device and by host time, the kernel launches per
+step and how busy the device was (kernel time / profiled wall time).
 """
 
 from __future__ import annotations
@@ -85,6 +86,138 @@ def trace_steps(trainer: NeuSTrainer, n_steps: int, top: int = 25) -> dict:
     }
 
 
+def timed_steps(trainer: NeuSTrainer, n_steps: int) -> tuple[list[float], list[float], dict[str, list[float]]]:
+    """Per-step wall time (ms, each step waited for), samples shaded, and the fixed step's counts."""
+    cuda = trainer.device.type == "cuda"
+    step_ms, samples, counts = [], [], {"rays": [], "marched": [], "kept": []}
+    for _ in range(n_steps):
+        if cuda:
+            torch.cuda.synchronize()
+        s0 = time.perf_counter()
+        stats = trainer.train_step()
+        if cuda:
+            torch.cuda.synchronize()
+        step_ms.append((time.perf_counter() - s0) * 1e3)
+        samples.append(float(stats.n_samples))
+        if stats.n_marched is not None:
+            for key, value in (("rays", stats.n_rays), ("marched", stats.n_marched), ("kept", stats.n_kept)):
+                counts[key].append(float(value))
+    return step_ms, samples, counts
+
+
+def back_to_back_step_ms(trainer: NeuSTrainer, n_steps: int) -> float:
+    """Mean ms per step over steps issued back to back, as the training loop issues them."""
+    cuda = trainer.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    s0 = time.perf_counter()
+    for _ in range(n_steps):
+        trainer.train_step()
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - s0) * 1e3 / n_steps
+
+
+def count_host_syncs(trainer: NeuSTrainer, n_steps: int) -> float:
+    """Waits on the GPU per step, as PyTorch's sync debug mode reports them (grid updates included)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(n_steps):
+                trainer.train_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return sum("synchroniz" in str(w.message) for w in caught) / n_steps
+
+
+class _Patched:
+    """Replace attributes for a while (the stage marks), restoring them on exit."""
+
+    def __init__(self, *patches: tuple[object, str, object]):
+        self.patches = patches
+        self.saved: list[tuple[object, str, object]] = []
+
+    def __enter__(self):
+        for obj, name, value in self.patches:
+            self.saved.append((obj, name, getattr(obj, name)))
+            setattr(obj, name, value)
+
+    def __exit__(self, *exc):
+        for obj, name, value in reversed(self.saved):
+            setattr(obj, name, value)
+
+
+def stage_times(trainer: NeuSTrainer, n_steps: int) -> dict[str, float]:
+    """Median ms of each stage of the step, timed with events between the stages.
+
+    The marks need the step's Python to run, so a captured step is timed through its eager body
+    (``FixedShapeStep.body``, the very kernels the graph replays, plus their launch gaps).
+    """
+    import neus2cli.render.fixed as fixed_mod
+    import neus2cli.train.fixed_step as fixed_step_mod
+    import neus2cli.train.trainer as trainer_mod
+
+    timer = StageTimer(trainer.device)
+    model = trainer.model
+
+    def wrap(fn, before: str | None, after: str | None):
+        def timed(*a, **k):
+            if before:
+                timer.mark(before)
+            out = fn(*a, **k)
+            if after:
+                timer.mark(after)
+            return out
+
+        return timed
+
+    orig_backward = torch.Tensor.backward
+
+    def timed_backward(self, *a, **k):
+        timer.mark("loss")
+        orig_backward(self, *a, **k)
+        timer.mark("backward")
+
+    if trainer.fixed_step is not None:
+        patches = [
+            (fixed_mod, "march_window", wrap(fixed_mod.march_window, "ray batch", None)),
+            (fixed_mod, "march_rays_capped", wrap(fixed_mod.march_rays_capped, None, "march")),
+            (model, "sdf_and_gradient", wrap(model.sdf_and_gradient, "pre-pass + compaction", "sdf + gradient")),
+            (fixed_step_mod, "render_rays_fixed", wrap(fixed_step_mod.render_rays_fixed, None, "colour + compositing")),
+        ]
+        capture = trainer.fixed_step.capture
+        trainer.fixed_step.capture = False  # the eager body, on the same state
+    else:
+        import neus2cli.render.renderer as renderer_mod
+
+        patches = [
+            (renderer_mod, "sample_along_rays", wrap(renderer_mod.sample_along_rays, "ray batch", "sampling")),
+            (model, "sdf_and_gradient", wrap(model.sdf_and_gradient, None, "sdf + gradient")),
+            (trainer_mod, "render_rays", wrap(trainer_mod.render_rays, None, "colour + compositing")),
+        ]
+        capture = None
+    patches.append((trainer, "update_grid", wrap(trainer.update_grid, None, "occupancy update")))
+    patches.append((torch.Tensor, "backward", timed_backward))
+    try:
+        with _Patched(*patches):
+            for _ in range(n_steps):
+                if trainer.device.type == "cuda":
+                    torch.cuda.synchronize()
+                timer.mark("start")
+                trainer.train_step()
+                timer.mark("optimiser + EMA")
+                timer.flush()
+    finally:
+        if capture is not None:
+            trainer.fixed_step.capture = capture
+    return {k: statistics.median(v) for k, v in timer.times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("scene", type=Path)
@@ -113,76 +246,25 @@ def main() -> None:
 
     trace = trace_steps(trainer, args.trace) if args.trace > 0 else None
 
-    # Monkey-patched stage marks: wrap the pieces train_step calls.
-    import neus2cli.render.renderer as renderer_mod
-    import neus2cli.train.trainer as trainer_mod
-
-    timer = StageTimer(device)
-    orig_render, orig_update = trainer_mod.render_rays, trainer.update_grid
-    orig_sdf_grad = trainer.model.sdf_and_gradient
-    orig_sampling = renderer_mod.sample_along_rays
-
-    def timed_update(step, force_full=False):
-        orig_update(step, force_full)
-        timer.mark("occupancy update")
-
-    def timed_sampling(*a, **k):
-        timer.mark("ray batch")
-        out = orig_sampling(*a, **k)
-        timer.mark("sampling + alpha pre-pass")
-        return out
-
-    def timed_sdf_grad(x, create_graph):
-        out = orig_sdf_grad(x, create_graph)
-        timer.mark("sdf + gradient")
-        return out
-
-    def timed_render(*a, **k):
-        out = orig_render(*a, **k)
-        timer.mark("colour + compositing")
-        return out
-
-    trainer.update_grid = timed_update
-    renderer_mod.sample_along_rays = timed_sampling
-    trainer.model.sdf_and_gradient = timed_sdf_grad
-    trainer_mod.render_rays = timed_render
-    orig_backward = torch.Tensor.backward
-
-    def timed_backward(self, *a, **k):
-        timer.mark("loss")
-        orig_backward(self, *a, **k)
-        timer.mark("backward")
-
-    torch.Tensor.backward = timed_backward
-    samples, step_ms = [], []
-    try:
-        for _ in range(args.steps):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            s0 = time.perf_counter()
-            timer.mark("start")
-            stats = trainer.train_step()
-            timer.mark("optimiser + EMA")
-            timer.flush()
-            step_ms.append((time.perf_counter() - s0) * 1e3)
-            samples.append(stats.n_samples)
-    finally:
-        torch.Tensor.backward = orig_backward
-        trainer_mod.render_rays = orig_render
-        renderer_mod.sample_along_rays = orig_sampling
-        del renderer_mod
+    syncs = count_host_syncs(trainer, 20) if device.type == "cuda" else None
+    step_ms, samples, counts = timed_steps(trainer, args.steps)
+    back_to_back_ms = back_to_back_step_ms(trainer, args.steps)
+    stages = stage_times(trainer, min(args.steps, 100))
 
     result = {
         "scene": str(args.scene),
         "backend": backend,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "cuda_graph": trainer.fixed_step is not None and trainer.fixed_step._graph is not None,
         "warmup_steps": args.warmup,
         "warmup_seconds": warm_s,
         "median_step_ms": statistics.median(step_ms),
+        "back_to_back_step_ms": back_to_back_ms,
         "median_samples": statistics.median(samples),
         "samples_per_second": statistics.median(samples) / (statistics.median(step_ms) / 1e3),
-        "stages_ms": {k: statistics.median(v) for k, v in timer.times.items()},
-        "n_rays_last": trainer.n_rays,
+        "host_syncs_per_step": syncs,
+        "median_counts": {k: statistics.median(v) for k, v in counts.items() if v},
+        "stages_ms": stages,
         "trace": trace,
     }
     print(json.dumps(result, indent=2))

@@ -141,6 +141,8 @@ class TrainConfig:
     """Refresh the progress bar figures every this many steps."""
     checkpoint_every: int = 2000
     """Save a resumable checkpoint every this many steps (and on Ctrl-C)."""
+    cuda_graph: bool = True
+    """On CUDA, capture the (fixed-shape) training step once as a CUDA graph and replay it."""
 
 
 @dataclass
@@ -447,7 +449,7 @@ def _typed_pairs(typed: Mapping[str, Any]) -> list[str]:
 TYPED_OPTIONS = {"train.steps": "--steps", "backend": "--backend"}
 
 #: What a resumed run may change: how long it trains, what it writes, and where it computes.
-RESUMABLE = ("backend", "train.steps", "train.log_every", "train.checkpoint_every", "output.*")
+RESUMABLE = ("backend", "train.steps", "train.log_every", "train.checkpoint_every", "train.cuda_graph", "output.*")
 
 
 def is_resumable(key: str) -> bool:

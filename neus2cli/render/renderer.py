@@ -52,6 +52,37 @@ class RenderOutput:
 
 
 @torch.no_grad()
+def prepass_alpha(
+    start_sdf: torch.Tensor,
+    ray_indices: torch.Tensor,
+    t_starts: torch.Tensor,
+    t_ends: torch.Tensor,
+    inv_s: torch.Tensor,
+) -> torch.Tensor:
+    """The early-stop pre-pass's alpha of packed sections from the SDF at their starts only.
+
+    One SDF evaluation per marched point: a section that ends where the next one of its ray begins
+    (the usual case) takes that SDF as its end; a ray's last section (or one before a jump over empty
+    cells) extrapolates its start with the previous section's slope. Written without boolean
+    indexing, so nothing waits on the GPU.
+
+    Args: ``start_sdf``, ``t_starts``, ``t_ends`` (n,) float, ``ray_indices`` (n,) int64 sorted, ``inv_s``
+    scalar. Returns alpha (n,) in [0, 1].
+    """
+    if t_starts.shape[0] == 0:
+        return t_starts.clone()
+    continues = torch.zeros_like(t_starts, dtype=torch.bool)
+    continues[:-1] = (ray_indices[1:] == ray_indices[:-1]) & ((t_starts[1:] - t_ends[:-1]).abs() <= 1e-6)
+    continued = torch.zeros_like(continues)
+    continued[1:] = continues[:-1]
+    next_sdf = torch.cat([start_sdf[1:], start_sdf[-1:]])
+    prev_sdf = torch.cat([start_sdf[:1], start_sdf[:-1]])
+    slope = torch.where(continued, start_sdf - prev_sdf, torch.zeros_like(start_sdf))
+    end_sdf = torch.where(continues, next_sdf, start_sdf + slope)
+    return neus_alpha_from_sdf_pair(start_sdf, end_sdf, inv_s)
+
+
+@torch.no_grad()
 def sample_along_rays(
     estimator,
     rays_o: torch.Tensor,
@@ -64,6 +95,7 @@ def sample_along_rays(
     stratified: bool,
     impl: Impl,
     march_impl: MarchImpl,
+    jitter: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fixed-step samples in the occupied cells of ``estimator`` (first level, over ``NORMALIZED_CUBE``),
     early-stopped by ``alpha_fn``.
@@ -73,10 +105,15 @@ def sample_along_rays(
     ``OccGridEstimator.sampling``: keep ``T_i >= early_stop_eps`` and, with ``alpha_thre > 0``,
     ``alpha_i >= min(alpha_thre, mean(occs))``. Rays (n_rays, 3) in the grid's (normalized) frame.
 
-    Returns ``ray_indices`` (n,) int64 sorted, ``t_starts``, ``t_ends`` (n,) float32.
+    ``jitter`` (n_rays,) U[0, 1) gives the stratified offsets; without it ``stratified`` draws them
+    from the global generator (nerfacc's draw). Returns ``ray_indices`` (n,) int64 sorted,
+    ``t_starts``, ``t_ends`` (n,) float32.
     """
     aabb = NORMALIZED_CUBE  # host floats: reading the grid's box from the device would wait on the GPU
-    jitter = torch.rand_like(rays_o[:, 0]) if stratified else None
+    if stratified and jitter is None:
+        jitter = torch.rand_like(rays_o[:, 0])
+    elif not stratified:
+        jitter = None
     t_start, t_lo, t_hi = march_window(rays_o, rays_d, aabb, step_size, jitter=jitter)
     ray_indices, t_starts, t_ends = march_rays(
         rays_o, rays_d, t_start, t_lo, t_hi, estimator.binaries[0], aabb, step_size, impl=march_impl
@@ -108,6 +145,7 @@ def render_rays(
     cos_anneal_ratio: float = 1.0,
     alpha_thre: float = 0.0,
     max_samples: int | None = None,
+    jitter: torch.Tensor | None = None,
 ) -> RenderOutput:
     """Render packed rays.
 
@@ -128,15 +166,13 @@ def render_rays(
         alpha_thre: drop samples whose pre-pass alpha is below this (nerfacc semantics); 0 keeps all.
         max_samples: render only the leading rays whose samples fit in this many (the rays are in
             random order, so this drops a random subset); None renders every ray.
+        jitter: (n_rays,) U[0, 1) stratified offsets for ``train=True`` (default: drawn from the
+            global generator).
     """
     n_rays = rays_o.shape[0]
     inv_s = model.inv_s
 
     def alpha_fn(t_starts: torch.Tensor, t_ends: torch.Tensor, ray_indices: torch.Tensor) -> torch.Tensor:
-        # Early-stop pre-pass, no gradient: the SDF is evaluated once per marched point, at section
-        # starts. A section that ends where the next begins (the usual case) takes that SDF as its end;
-        # a ray's last section (or one before a jump over empty cells) extrapolates its start with the
-        # previous section's slope. Written without boolean indexing, so nothing waits on the GPU.
         if t_starts.shape[0] == 0:
             return t_starts.clone()
         points = (
@@ -145,15 +181,7 @@ def render_rays(
         )
         sdf_parts = [model.sdf(x) for x in points]
         start_sdf = sdf_parts[0] if len(sdf_parts) == 1 else torch.cat(sdf_parts)
-        continues = torch.zeros_like(t_starts, dtype=torch.bool)
-        continues[:-1] = (ray_indices[1:] == ray_indices[:-1]) & ((t_starts[1:] - t_ends[:-1]).abs() <= 1e-6)
-        continued = torch.zeros_like(continues)
-        continued[1:] = continues[:-1]
-        next_sdf = torch.cat([start_sdf[1:], start_sdf[-1:]])
-        prev_sdf = torch.cat([start_sdf[:1], start_sdf[:-1]])
-        slope = torch.where(continued, start_sdf - prev_sdf, torch.zeros_like(start_sdf))
-        end_sdf = torch.where(continues, next_sdf, start_sdf + slope)
-        return neus_alpha_from_sdf_pair(start_sdf, end_sdf, inv_s)
+        return prepass_alpha(start_sdf, ray_indices, t_starts, t_ends, inv_s)
 
     with torch.no_grad():
         ray_indices, t_starts, t_ends = sample_along_rays(
@@ -167,6 +195,7 @@ def render_rays(
             stratified=train,
             impl=impl,
             march_impl=march_impl,
+            jitter=jitter,
         )
     n_samples = int(ray_indices.shape[0])
     if max_samples is not None and n_samples > max_samples:

@@ -24,6 +24,7 @@ from neus2cli.render.neus import logistic_density
 from neus2cli.render.occupancy import make_occupancy_grid
 from neus2cli.render.renderer import NORMALIZED_CUBE, render_rays
 from neus2cli.train.ema import WeightEMA
+from neus2cli.train.fixed_step import FixedShapeStep
 from neus2cli.train.losses import eikonal_loss, huber_loss, mask_bce, psnr_from_mse
 from neus2cli.train.pixels import PixelBank
 from neus2cli.train.progress import TrainProgress
@@ -44,12 +45,15 @@ class DivergenceError(RuntimeError):
 
 @dataclass
 class StepStats:
-    """One step's figures. ``loss`` and ``mse`` stay on the device (reading them would wait for the GPU)."""
+    """One step's figures. ``loss`` and ``mse`` stay on the device (reading them would wait for the GPU);
+    so do the counts of the fixed-shape step (0-d tensors there, ints in the eager step)."""
 
     loss: torch.Tensor
     mse: torch.Tensor
-    n_rays: int
-    n_samples: int
+    n_rays: int | torch.Tensor
+    n_samples: int | torch.Tensor
+    n_marched: int | torch.Tensor | None = None  # fixed-shape step: samples marched, kept by the pre-pass
+    n_kept: int | torch.Tensor | None = None
 
 
 class NeuSTrainer:
@@ -65,6 +69,9 @@ class NeuSTrainer:
         ray_transform: optional module mapping (rays_o, rays_d) of the pixels' frame into the model's
             frame (a dynamic frame's rigid transform). Its gradients are left for its owner, who
             steps its optimiser (``run(..., after_step=...)``).
+        fixed_shapes: step through ``FixedShapeStep`` (fixed shapes, counts on the device, a CUDA
+            graph where ``cfg.train.cuda_graph``) instead of the eager step. Default: on CUDA with the
+            Triton marcher (the tinycudann backend).
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class NeuSTrainer:
         init_field: dict[str, torch.Tensor] | None = None,
         learn_sharpness: bool = True,
         ray_transform: nn.Module | None = None,
+        fixed_shapes: bool | None = None,
     ):
         self.cfg = cfg
         self.compute = compute
@@ -93,7 +101,7 @@ class NeuSTrainer:
         self.total_steps = cfg.train.steps
         self.n_rays = cfg.sampling.initial_rays
         self.freeze_field = False  # set only by field_frozen()
-        self.batches_cut = 0  # batches the sample budget cut (see SamplingConfig.max_samples_factor)
+        self._batches_cut = 0  # the eager step's count (see ``batches_cut``)
         self._active_levels = -1
         t = cfg.train
         groups = [
@@ -101,11 +109,41 @@ class NeuSTrainer:
             {"params": self.model.mlp_weights(), "weight_decay": t.weight_decay},
             {"params": [self.model.variance], "weight_decay": 0.0},
         ]
+        on_cuda = self.device.type == "cuda"
+        # The fixed shapes pay off where the step can be captured: CUDA with the Triton marcher (the
+        # torch twin marches every ray slot densely and reads counts back anyway).
+        fixed_shapes = (on_cuda and compute.march_impl == "triton") if fixed_shapes is None else fixed_shapes
+        capture = fixed_shapes and on_cuda and t.cuda_graph and compute.march_impl == "triton"
+        # A captured step reads the learning rate from one device tensor that every group shares.
+        self._lr = torch.tensor(t.lr, dtype=torch.float32, device=self.device) if capture else None
         # Fused on CUDA: one kernel for every parameter instead of a handful per tensor.
         self.optimizer = torch.optim.Adam(
-            groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, fused=self.device.type == "cuda"
+            groups,
+            lr=self._lr if capture else t.lr,
+            betas=(t.adam_beta1, t.adam_beta2),
+            eps=t.adam_eps,
+            fused=on_cuda,
+            capturable=capture,
         )
         self.ema = WeightEMA(self.model, t.ema_decay)
+        self.fixed_step = (
+            FixedShapeStep(
+                cfg,
+                self.model,
+                bank,
+                self.optimizer,
+                self.ema,
+                self.generator,
+                lr=self._lr,
+                grid_binaries=self.grid.binaries[0],
+                n_rays=self.n_rays,
+                march_impl=compute.march_impl,
+                ray_transform=ray_transform,
+                capture=capture,
+            )
+            if fixed_shapes
+            else None
+        )
         if init_field is not None:
             self.update_grid(0, force_full=True)
 
@@ -156,15 +194,40 @@ class NeuSTrainer:
             self.model.sdf_net.set_active_levels(levels)
             self._active_levels = levels
         factor = lr_factor(self.step, self.total_steps, t.lr_decay_start, t.lr_final_factor)
-        for group in self.optimizer.param_groups:
-            group["lr"] = t.lr * factor
+        if self._lr is not None:
+            self._lr.fill_(t.lr * factor)  # in place: the captured step reads this tensor
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = t.lr * factor
+
+    def _cos_anneal_ratio(self) -> float:
+        t = self.cfg.train
+        return min(1.0, self.step / t.cos_anneal_steps) if t.cos_anneal_steps > 0 else 1.0
+
+    @property
+    def batches_cut(self) -> int:
+        """Batches a sample budget cut (see ``SamplingConfig.max_samples_factor``, ``render.fixed``)."""
+        if self.fixed_step is not None:
+            return int(self.fixed_step.batches_cut)
+        return self._batches_cut
 
     def train_step(self) -> StepStats:
-        t, s = self.cfg.train, self.cfg.sampling
         self._apply_schedules()
         self.model.train()
         if not self.freeze_field:
             self.update_grid(self.step)
+        if self.fixed_step is None:
+            stats = self._eager_step()
+        else:
+            self.fixed_step.binaries.copy_(self.grid.binaries[0])
+            out = self.fixed_step.step(freeze_field=self.freeze_field, cos_anneal_ratio=self._cos_anneal_ratio())
+            stats = StepStats(out.loss, out.mse, out.n_rays, out.n_samples, out.n_marched, out.n_kept)
+        self.step += 1
+        return stats
+
+    def _eager_step(self) -> StepStats:
+        """The step with shapes sized from each batch (the CPU path, and the reference of the fixed one)."""
+        t, s = self.cfg.train, self.cfg.sampling
         rays_o, rays_d, rgba = self.bank.sample(self.n_rays, self.generator)
         if self.ray_transform is not None:
             rays_o, rays_d = self.ray_transform(rays_o, rays_d)
@@ -173,9 +236,10 @@ class NeuSTrainer:
             bg = torch.rand(n, 3, device=self.device, generator=self.generator)
         else:
             bg = torch.ones(n, 3, device=self.device)
+        jitter = torch.rand(n, device=self.device, generator=self.generator)  # as FixedShapeStep draws it
         mask = rgba[:, 3:4]
         target = rgba[:, :3] * mask + (1.0 - mask) * bg
-        cos_ratio = min(1.0, self.step / t.cos_anneal_steps) if t.cos_anneal_steps > 0 else 1.0
+        cos_ratio = self._cos_anneal_ratio()
         out = render_rays(
             self.model,
             self.grid,
@@ -189,11 +253,12 @@ class NeuSTrainer:
             train=True,
             cos_anneal_ratio=cos_ratio,
             max_samples=s.max_samples_factor * s.target_samples,
+            jitter=jitter,
         )
         if out.rgb.shape[0] < n:  # the sample budget cut the batch
             n = out.rgb.shape[0]
             target, mask = target[:n], mask[:n]
-            self.batches_cut += 1
+            self._batches_cut += 1
         rgb_loss = huber_loss(out.rgb, target, t.huber_delta)
         loss = rgb_loss
         if not self.freeze_field:
@@ -211,7 +276,6 @@ class NeuSTrainer:
             self.n_rays = int(min(s.max_rays, max(64, n * s.target_samples / out.n_samples)))
         else:
             self.n_rays = min(s.max_rays, self.n_rays * 2)
-        self.step += 1
         return StepStats(loss.detach(), mse, n, out.n_samples)
 
     # ----------------------------------------------------------------- loops
@@ -255,7 +319,7 @@ class NeuSTrainer:
                         loss_avg = float(loss_sum) / window_steps
                         psnr_avg = psnr_from_mse(float(mse_sum) / window_steps)
                         now = time.perf_counter()
-                        rate = window_samples / max(now - window_t, 1e-9)
+                        rate = float(window_samples) / max(now - window_t, 1e-9)
                         window_t, window_samples, window_steps = now, 0, 0
                         loss_sum = mse_sum = None
                         bar.update(self.step, loss=loss_avg, psnr=psnr_avg, samples_per_s=rate)
@@ -275,7 +339,7 @@ class NeuSTrainer:
             "steps": steps,
             "seconds": seconds,
             "steps_per_second": steps / max(seconds, 1e-9),
-            "samples_per_second": samples / max(seconds, 1e-9),
+            "samples_per_second": float(samples) / max(seconds, 1e-9),
             "final_loss": loss_avg,
             "final_train_psnr": psnr_avg,
             "batches_cut": self.batches_cut,
@@ -294,7 +358,7 @@ class NeuSTrainer:
         return {
             "step": self.step,
             "total_steps": self.total_steps,
-            "n_rays": self.n_rays,
+            "n_rays": self.n_rays if self.fixed_step is None else int(self.fixed_step.n_active),
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -307,8 +371,15 @@ class NeuSTrainer:
         self.grid.load_state_dict(state["grid"])
         self.step = int(state["step"])
         self.n_rays = int(state.get("n_rays", self.n_rays))
+        if self.fixed_step is not None:
+            self.fixed_step.n_active.fill_(min(max(self.n_rays, 64), self.cfg.sampling.max_rays))
         if optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.fixed_step is not None:  # the optimiser's state tensors are new: capture again
+                self.fixed_step.reset_graph()
+            if self._lr is not None:  # the loaded groups carry their own lr: point them back at ours
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self._lr
             self.ema.load_state_dict(state["ema"])
             if "generator" in state:
                 self.generator.set_state(state["generator"].cpu())
