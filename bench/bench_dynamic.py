@@ -73,6 +73,7 @@ def run_dynamic(
     select: str | None = None,
 ) -> dict:
     from data_tools.dynamic import generate_dynamic_sequence
+    from data_tools.render_mesh import Shading
     from neus2cli.config import resolve_config
     from neus2cli.train.dynamic import train_dynamic
 
@@ -90,7 +91,7 @@ def run_dynamic(
             translation_per_frame=translation,
             deformation=deformation,
             n_test_views=2,
-            supersample=1,
+            shading=Shading(supersample=1),
             progress=False,
             overwrite=True,
         )

@@ -36,6 +36,7 @@ def run_static(
     eval_points: int = 200_000,
 ) -> dict:
     from data_tools.generate import generate_static_scene
+    from data_tools.render_mesh import Shading
     from neus2cli.config import resolve_config
     from neus2cli.train.static import train_static
 
@@ -50,7 +51,7 @@ def run_static(
             width=width,
             height=height,
             seed=seed,
-            supersample=1,
+            shading=Shading(supersample=1),
             progress=False,
             overwrite=True,
         )

@@ -61,6 +61,14 @@ def parse_vec3(text: str, option: str) -> tuple[float, float, float]:
     return v  # type: ignore[return-value]
 
 
+def settings(cls, **kwargs):
+    """``cls(**kwargs)`` (a ``CameraRig`` or ``Shading``), its ValueError turned into a UserError."""
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        raise UserError(f"{err}.") from err
+
+
 def _command_line() -> str:
     return "python -m data_tools " + shlex.join(sys.argv[1:])
 
@@ -89,20 +97,14 @@ def static_cmd(
     note: str = typer.Option(None, "--note", help="A paragraph for README.md (licence, provenance)."),
 ) -> None:
     """Render a static scene (RGBA images, cameras JSON, gt_mesh.ply, scene_info.json)."""
+    from data_tools.camera_paths import CameraRig
     from data_tools.generate import generate_static_scene
+    from data_tools.render_mesh import Shading
 
     width, height = parse_size(size)
-    path = generate_static_scene(
-        mesh,
-        out,
-        n_views=views,
-        n_test=test_views,
-        width=width,
-        height=height,
+    rig = settings(
+        CameraRig,
         layout=layout.value,
-        convention=convention.value,
-        seed=seed,
-        object_radius=object_radius,
         distance=distance,
         fov_x_deg=fov,
         up=parse_vec3(up, "--up"),
@@ -110,7 +112,19 @@ def static_cmd(
         max_elevation_deg=max_elevation,
         ring_elevation_deg=elevation,
         jitter_deg=jitter,
-        supersample=supersample,
+    )
+    path = generate_static_scene(
+        mesh,
+        out,
+        n_views=views,
+        n_test=test_views,
+        width=width,
+        height=height,
+        convention=convention.value,
+        seed=seed,
+        object_radius=object_radius,
+        rig=rig,
+        shading=settings(Shading, supersample=supersample),
         max_gt_mesh_bytes=None if max_gt_mesh_kb is None else 1000 * max_gt_mesh_kb,
         overwrite=overwrite,
         command=_command_line(),
@@ -145,7 +159,9 @@ def dynamic_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a sequence this tool wrote before."),
 ) -> None:
     """Render a moving (optionally bending / twisting) mesh: one NeuS2 JSON per frame plus gt/."""
+    from data_tools.camera_paths import CameraRig
     from data_tools.dynamic import generate_dynamic_sequence
+    from data_tools.render_mesh import Shading
 
     width, height = parse_size(size)
     if "," in translation:
@@ -155,6 +171,9 @@ def dynamic_cmd(
             trans = float(translation)
         except ValueError as err:
             raise UserError(f"--translation must be a number or x,y,z, got {translation!r}.") from err
+    rig = settings(
+        CameraRig, layout=layout.value, distance=distance, up=parse_vec3(up, "--up"), ring_elevation_deg=elevation
+    )
     path = generate_dynamic_sequence(
         mesh,
         out,
@@ -168,14 +187,11 @@ def dynamic_cmd(
         translation_per_frame=trans,
         deformation=None if deformation is Deform.none else deformation.value,
         deformation_deg_per_frame=deformation_deg,
-        layout=layout.value,
         seed=seed,
         object_radius=object_radius,
-        distance=distance,
-        up=parse_vec3(up, "--up"),
-        ring_elevation_deg=elevation,
+        rig=rig,
+        shading=settings(Shading, supersample=supersample),
         per_frame_jitter_deg=frame_jitter,
-        supersample=supersample,
         overwrite=overwrite,
         command=_command_line(),
     )

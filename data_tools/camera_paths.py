@@ -9,15 +9,21 @@ the camera) points along it, so objects appear upright.
 Elevation is the angle above the plane orthogonal to ``up``; azimuth is measured in
 that plane. Layouts are deterministic: ``seed`` only drives the optional jitter and
 the random azimuth offset of ``random_azimuth_offset``.
+
+``CameraRig`` bundles the layout settings the generators share (layout, distance in
+object radii, FOV, up, elevations, jitter) and places training and held-out cameras.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+
+from data_tools.checks import finite_number, vector3
 
 GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
 
@@ -30,9 +36,7 @@ class CameraPose(NamedTuple):
 
 
 def _unit(v: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
-    a = np.asarray(v, dtype=np.float64).reshape(-1)
-    if a.shape != (3,) or not np.all(np.isfinite(a)) or np.linalg.norm(a) == 0:
-        raise ValueError(f"{name} must be a finite non-zero 3-vector, got {v!r}")
+    a = np.asarray(vector3(v, name))
     return a / np.linalg.norm(a)
 
 
@@ -227,3 +231,164 @@ def ring_cameras(
     d = ring_directions(n, elevation_deg, up, azimuth_offset_deg)
     d = jitter_directions(d, jitter_deg, np.random.default_rng([int(seed), 1]))
     return cameras_from_directions(d, distance, width, height, fov_x_deg, center, up)
+
+
+def horizontal_fov_deg(K: np.ndarray, width: int) -> float:
+    """Horizontal field of view (degrees) of a centred camera ``K`` (3, 3, pixels), ``width`` px wide."""
+    return math.degrees(2 * math.atan(0.5 * width / K[0, 0]))
+
+
+class RigCameras(NamedTuple):
+    """The cameras a ``CameraRig`` places for one scene.
+
+    Attributes:
+        train: training cameras (azimuths start at ``azimuth_offset_deg``).
+        test: held-out cameras, between the training ones (empty when none were asked for).
+        azimuth_offset_deg: the seed-drawn azimuth offset of the training layout, degrees.
+    """
+
+    train: list[CameraPose]
+    test: list[CameraPose]
+    azimuth_offset_deg: float
+
+
+@dataclass(frozen=True)
+class CameraRig:
+    """Where a generated scene's cameras sit and how wide they see; shared by the static and
+    dynamic generators (``data_tools.generate``, ``data_tools.dynamic``), validated on construction.
+
+    Cameras look at the centre of the object's bounding sphere (world frame, OpenCV c2w).
+
+    Attributes:
+        layout: "sphere" (Fibonacci lattice between the elevation limits) or "ring" (one elevation).
+        distance: camera distance from the sphere's centre, in sphere radii (> 1).
+        fov_x_deg: horizontal field of view, degrees in (0, 180); None fits the sphere into the
+            shorter image side with a 10 % border.
+        up: world up direction (finite, non-zero; need not be unit): elevations and upright images.
+        min_elevation_deg, max_elevation_deg: the sphere layout's band, -90 <= min < max <= 90.
+        ring_elevation_deg: the ring layout's elevation, degrees in (-90, 90).
+        jitter_deg: std of random tilts of the camera positions, degrees (>= 0; 0: none).
+    """
+
+    layout: str = "sphere"
+    distance: float = 2.75
+    fov_x_deg: float | None = None
+    up: tuple[float, float, float] = (0.0, 1.0, 0.0)
+    min_elevation_deg: float = -90.0
+    max_elevation_deg: float = 90.0
+    ring_elevation_deg: float = 20.0
+    jitter_deg: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("sphere", "ring"):
+            raise ValueError(f"layout must be 'sphere' or 'ring', got {self.layout!r}")
+        values = {
+            "distance": finite_number(self.distance, "distance"),
+            "fov_x_deg": None if self.fov_x_deg is None else finite_number(self.fov_x_deg, "fov_x_deg"),
+            "up": vector3(self.up, "up"),
+            "min_elevation_deg": finite_number(self.min_elevation_deg, "min_elevation_deg"),
+            "max_elevation_deg": finite_number(self.max_elevation_deg, "max_elevation_deg"),
+            "ring_elevation_deg": finite_number(self.ring_elevation_deg, "ring_elevation_deg"),
+            "jitter_deg": finite_number(self.jitter_deg, "jitter_deg"),
+        }
+        if not values["distance"] > 1.0:
+            raise ValueError(f"distance (in object radii) must be > 1, got {self.distance}")
+        if values["fov_x_deg"] is not None and not 0.0 < values["fov_x_deg"] < 180.0:
+            raise ValueError(f"fov_x_deg must be in (0, 180) or None, got {self.fov_x_deg}")
+        if not -90.0 <= values["min_elevation_deg"] < values["max_elevation_deg"] <= 90.0:
+            raise ValueError(
+                "need -90 <= min_elevation_deg < max_elevation_deg <= 90, "
+                f"got {self.min_elevation_deg}, {self.max_elevation_deg}"
+            )
+        if not -90.0 < values["ring_elevation_deg"] < 90.0:
+            raise ValueError(f"ring_elevation_deg must be in (-90, 90), got {self.ring_elevation_deg}")
+        if values["jitter_deg"] < 0:
+            raise ValueError(f"jitter_deg must be >= 0, got {self.jitter_deg}")
+        for name, value in values.items():  # store plain floats (frozen: set through object)
+            object.__setattr__(self, name, value)
+
+    def cameras(
+        self,
+        n: int,
+        width: int,
+        height: int,
+        center: Sequence[float],
+        radius: float,
+        azimuth_offset_deg: float,
+        seed: int,
+    ) -> list[CameraPose]:
+        """``n`` cameras of this rig around the sphere (``center`` (3,), ``radius``, world units),
+        for ``width`` x ``height`` pixel images; ``seed`` drives the jitter."""
+        d = self.distance * radius
+        fov = fov_to_fit_sphere(d, radius, width, height) if self.fov_x_deg is None else self.fov_x_deg
+        if self.layout == "sphere":
+            return sphere_cameras(
+                n,
+                d,
+                width,
+                height,
+                fov,
+                center,
+                self.up,
+                self.min_elevation_deg,
+                self.max_elevation_deg,
+                azimuth_offset_deg,
+                self.jitter_deg,
+                seed,
+            )
+        return ring_cameras(
+            n,
+            d,
+            width,
+            height,
+            fov,
+            self.ring_elevation_deg,
+            center,
+            self.up,
+            azimuth_offset_deg,
+            self.jitter_deg,
+            seed,
+        )
+
+    def heldout_azimuth_offset(self, n_train: int, train_offset_deg: float) -> float:
+        """Azimuth offset (degrees) of held-out cameras, chosen to fall between the training ones:
+        half the ring spacing, or half the golden angle for the Fibonacci sphere."""
+        if self.layout == "ring":
+            return train_offset_deg + 180.0 / max(n_train, 1)
+        return train_offset_deg + 0.5 * math.degrees(GOLDEN_ANGLE)
+
+    def split_cameras(
+        self, n_train: int, n_test: int, width: int, height: int, center: Sequence[float], radius: float, seed: int
+    ) -> RigCameras:
+        """Training and held-out cameras around the sphere (``center`` (3,), ``radius``, world units).
+
+        ``seed`` draws the training azimuth offset (``random_azimuth_offset``) and the training
+        jitter; the held-out cameras use ``seed + 1`` for theirs. Same arguments, same cameras.
+        """
+        offset = random_azimuth_offset(seed)
+        train = self.cameras(n_train, width, height, center, radius, offset, seed)
+        test = []
+        if n_test > 0:
+            test_offset = self.heldout_azimuth_offset(n_train, offset)
+            test = self.cameras(n_test, width, height, center, radius, test_offset, seed + 1)
+        return RigCameras(train, test, offset)
+
+    def to_dict(self, azimuth_offset_deg: float, fov_x_deg: float | None = None) -> dict:
+        """The rig's entries of ``scene_info.json`` "settings", in file order.
+
+        ``fov_x_deg`` is the FOV the cameras got (``horizontal_fov_deg``), written only when
+        given; ``azimuth_offset_deg`` is ``RigCameras.azimuth_offset_deg``. ``layout`` is not in
+        here: the generators write it beside the image size, where the files have always had it.
+        """
+        out: dict = {"distance_radii": self.distance}
+        if fov_x_deg is not None:
+            out["fov_x_deg"] = float(fov_x_deg)
+        out |= {
+            "up": list(self.up),
+            "min_elevation_deg": self.min_elevation_deg,
+            "max_elevation_deg": self.max_elevation_deg,
+            "ring_elevation_deg": self.ring_elevation_deg,
+            "azimuth_offset_deg": float(azimuth_offset_deg),
+            "jitter_deg": self.jitter_deg,
+        }
+        return out

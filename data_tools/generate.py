@@ -39,22 +39,8 @@ import imageio.v3 as iio
 import numpy as np
 import trimesh
 
-from data_tools.camera_paths import (
-    CameraPose,
-    fov_to_fit_sphere,
-    random_azimuth_offset,
-    ring_cameras,
-    sphere_cameras,
-)
-from data_tools.render_mesh import (
-    DEFAULT_AMBIENT,
-    DEFAULT_DIFFUSE,
-    DEFAULT_LIGHT_DIR,
-    MeshRenderer,
-    has_color,
-    load_mesh,
-    procedural_vertex_colors,
-)
+from data_tools.camera_paths import CameraPose, CameraRig, horizontal_fov_deg
+from data_tools.render_mesh import MeshRenderer, Shading, has_color, load_mesh, procedural_vertex_colors
 from neus2cli.data.scene import Normalization
 from neus2cli.errors import UserError
 
@@ -92,6 +78,16 @@ class PreparedMesh:
     source_radius: float
     world_from_source: np.ndarray
     object_radius: float
+
+    def source_info(self) -> dict:
+        """The mesh's provenance entries of ``scene_info.json``, in file order."""
+        return {
+            "mesh_source": self.source,
+            "mesh_sha256": self.source_sha256,
+            "coloring": self.coloring,
+            "source_bounding_sphere": {"center": self.source_center.tolist(), "radius": self.source_radius},
+            "world_from_source": self.world_from_source.tolist(),
+        }
 
 
 def _coloring(mesh: trimesh.Trimesh) -> str:
@@ -156,61 +152,6 @@ def normalization_for_sphere(center: Sequence[float], radius: float) -> Normaliz
     """World -> unit cube mapping the sphere (centre, radius) to radius 0.45 around [0.5]*3."""
     scale = NORMALIZED_RADIUS / radius
     return Normalization(scale=scale, offset=0.5 - scale * np.asarray(center, dtype=np.float64))
-
-
-def make_cameras(
-    n: int,
-    *,
-    layout: str,
-    width: int,
-    height: int,
-    center: Sequence[float],
-    radius: float,
-    distance: float,
-    fov_x_deg: float | None,
-    up: Sequence[float],
-    min_elevation_deg: float,
-    max_elevation_deg: float,
-    ring_elevation_deg: float,
-    azimuth_offset_deg: float,
-    jitter_deg: float,
-    seed: int,
-) -> list[CameraPose]:
-    """Cameras for a sphere of ``radius`` (world units) at ``center``; ``distance`` in radii.
-
-    ``fov_x_deg=None`` picks the FOV at which the sphere fills the shorter side with a
-    10 % border.
-    """
-    if layout not in ("sphere", "ring"):
-        raise ValueError(f"layout must be 'sphere' or 'ring', got {layout!r}")
-    if not distance > 1.0:
-        raise ValueError(f"distance (in object radii) must be > 1, got {distance}")
-    d = distance * radius
-    fov = fov_to_fit_sphere(d, radius, width, height) if fov_x_deg is None else float(fov_x_deg)
-    if layout == "sphere":
-        return sphere_cameras(
-            n,
-            d,
-            width,
-            height,
-            fov,
-            center,
-            up,
-            min_elevation_deg,
-            max_elevation_deg,
-            azimuth_offset_deg,
-            jitter_deg,
-            seed,
-        )
-    return ring_cameras(n, d, width, height, fov, ring_elevation_deg, center, up, azimuth_offset_deg, jitter_deg, seed)
-
-
-def heldout_azimuth_offset(layout: str, n_train: int, train_offset_deg: float) -> float:
-    """Azimuth offset of the held-out cameras, chosen to fall between the training cameras:
-    half the ring spacing, or half the golden angle for the Fibonacci sphere."""
-    if layout == "ring":
-        return train_offset_deg + 180.0 / max(n_train, 1)
-    return train_offset_deg + 0.5 * math.degrees(math.pi * (3.0 - math.sqrt(5.0)))
 
 
 def intrinsic_4x4(K: np.ndarray) -> list[list[float]]:
@@ -369,9 +310,12 @@ def staged_output(out_dir: str | Path, overwrite: bool) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def render_views_to_png(renderer, jobs, width: int, height: int, supersample: int, advance) -> None:
-    """Render ``jobs`` [(CameraPose, png path)] in parallel threads (the ray casts and PNG encoding
-    release the GIL); each view depends only on its camera, so the bytes do not depend on the order."""
+def render_views_to_png(
+    renderer: MeshRenderer, jobs: list[tuple[CameraPose, Path]], width: int, height: int, supersample: int, advance
+) -> None:
+    """Render ``jobs`` [(CameraPose, png path)] to ``width`` x ``height`` RGBA PNGs in parallel threads
+    (the ray casts and PNG encoding release the GIL), calling ``advance()`` after each; each view
+    depends only on its camera, so the bytes do not depend on the order."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(job) -> None:
@@ -402,13 +346,16 @@ def progress_bar(enabled: bool, total: int, description: str):
         yield lambda: bar.advance(task)
 
 
-def check_common_args(n_views: int, width: int, height: int, supersample: int) -> None:
+def check_common_args(n_views: int, width: int, height: int, rig: CameraRig, shading: Shading) -> None:
+    """Checks shared by both generators: view count, image size (pixels), settings types."""
     if int(n_views) < 1:
         raise ValueError(f"n_views must be >= 1, got {n_views}")
     if int(width) < 8 or int(height) < 8:
         raise ValueError(f"width and height must be >= 8, got {width}x{height}")
-    if int(supersample) < 1:
-        raise ValueError(f"supersample must be >= 1, got {supersample}")
+    if not isinstance(rig, CameraRig):
+        raise ValueError(f"rig must be a CameraRig, got {type(rig).__name__}")
+    if not isinstance(shading, Shading):
+        raise ValueError(f"shading must be a Shading, got {type(shading).__name__}")
 
 
 def readme_text(
@@ -433,6 +380,76 @@ def readme_text(
     return "\n".join(lines).encode()
 
 
+def split_json_name(convention: str, split: str) -> str:
+    """Cameras file of one split: ``transform_<split>.json`` (neus2) or ``transforms_<split>.json`` (blender)."""
+    return f"transform_{split}.json" if convention == "neus2" else f"transforms_{split}.json"
+
+
+def write_static_split(
+    folder: Path,
+    split: str,
+    cams: list[CameraPose],
+    renderer: MeshRenderer,
+    convention: str,
+    norm: Normalization,
+    width: int,
+    height: int,
+    supersample: int,
+    advance,
+) -> None:
+    """Render one split's views to ``folder/<split>/0000.png ...`` (``width`` x ``height`` px) and
+    write its cameras JSON (OpenCV c2w for neus2, OpenGL for blender; world units, ``norm`` to the cube)."""
+    paths = [f"{split}/{i:04d}" + (".png" if convention == "neus2" else "") for i in range(len(cams))]
+    jobs = [(cam, folder / split / f"{i:04d}.png") for i, cam in enumerate(cams)]
+    render_views_to_png(renderer, jobs, width, height, supersample, advance)
+    if convention == "neus2":
+        doc = neus2_json([neus2_frame(p, c) for p, c in zip(paths, cams, strict=True)], width, height, norm)
+    else:
+        doc = blender_json(paths, cams, width, height, norm)
+    write_bytes(folder / split_json_name(convention, split), dump_json(doc))
+
+
+def write_gt_mesh_file(folder: Path, gt_mesh: trimesh.Trimesh, enabled: bool, max_bytes: int | None) -> str | None:
+    """Write ``folder/gt_mesh.ply`` (world frame) unless disabled or over ``max_bytes``; returns
+    None when written, else the note saying why it was omitted."""
+    if not enabled:
+        return "gt_mesh.ply omitted (write_gt_mesh=False)"
+    ply = mesh_ply_bytes(gt_mesh)
+    if max_bytes is not None and len(ply) > max_bytes:
+        return f"gt_mesh.ply omitted: {len(ply)} bytes > limit {max_bytes}"
+    write_bytes(folder / "gt_mesh.ply", ply)
+    return None
+
+
+def static_scene_info(
+    prepared: PreparedMesh,
+    convention: str,
+    splits: list[str],
+    norm: Normalization,
+    gt_note: str | None,
+    settings: dict,
+    licenses: list[str],
+) -> dict:
+    """The static scene's ``scene_info.json`` (key order is the file's): provenance, world
+    bounding sphere (world units), normalization, ground-truth mesh, ``settings``."""
+    R = prepared.object_radius
+    return {
+        "generator": GENERATOR_NAME,
+        "kind": "static",
+        "convention": convention,
+        "files": {s: split_json_name(convention, s) for s in splits},
+        **prepared.source_info(),
+        "bounding_sphere": {"center": [0.0, 0.0, 0.0], "radius": R},
+        "normalization": norm.to_dict(),
+        "gt_mesh": None if gt_note else "gt_mesh.ply",
+        "gt_mesh_note": gt_note,
+        "gt_mesh_vertices": int(len(prepared.gt_mesh.vertices)),
+        "gt_mesh_faces": int(len(prepared.gt_mesh.faces)),
+        "settings": settings,
+        "source_license_files": [f"source/{n}" for n in licenses],
+    }
+
+
 def generate_static_scene(
     mesh: str | Path | trimesh.Trimesh,
     out_dir: str | Path,
@@ -441,21 +458,11 @@ def generate_static_scene(
     n_test: int = 8,
     width: int = 128,
     height: int = 128,
-    layout: str = "sphere",
     convention: str = "neus2",
     seed: int = 0,
     object_radius: float = 1.0,
-    distance: float = 2.75,
-    fov_x_deg: float | None = None,
-    up: Sequence[float] = (0.0, 1.0, 0.0),
-    min_elevation_deg: float = -90.0,
-    max_elevation_deg: float = 90.0,
-    ring_elevation_deg: float = 20.0,
-    jitter_deg: float = 0.0,
-    supersample: int = 2,
-    light_dir: Sequence[float] = DEFAULT_LIGHT_DIR,
-    ambient: float = DEFAULT_AMBIENT,
-    diffuse: float = DEFAULT_DIFFUSE,
+    rig: CameraRig = CameraRig(),
+    shading: Shading = Shading(),
     write_gt_mesh: bool = True,
     max_gt_mesh_bytes: int | None = None,
     overwrite: bool = False,
@@ -470,16 +477,11 @@ def generate_static_scene(
         out_dir: the scene folder to create (see the module docstring for its contents).
         n_views, n_test: training and held-out cameras (``n_test=0`` writes no test JSON).
         width, height: image size, pixels.
-        layout: "sphere" (Fibonacci, between the elevation limits) or "ring" (at ``ring_elevation_deg``).
         convention: "neus2" (OpenCV, transform_*.json) or "blender" (OpenGL, transforms_*.json).
         seed: drives the azimuth offset of the layout and the jitter; same seed, same bytes.
         object_radius: bounding-sphere radius in the world frame (world units).
-        distance: camera distance from the centre, in object radii.
-        fov_x_deg: horizontal FOV; None fits the bounding sphere with a 10 % border.
-        up: world up for elevation and image orientation.
-        jitter_deg: std of random tilts of the camera positions.
-        supersample: s x s rays per pixel (soft alpha edges).
-        light_dir, ambient, diffuse: Lambert shading, light direction in the world frame.
+        rig: camera layout, distance (in object radii), FOV, up, elevations, jitter.
+        shading: light direction (world frame), Lambert weights, supersampling.
         write_gt_mesh: write gt_mesh.ply; ``max_gt_mesh_bytes`` omits it above that size
             (scene_info.json says so).
         overwrite: replace an existing scene folder written by this generator.
@@ -490,7 +492,7 @@ def generate_static_scene(
     Returns:
         ``out_dir`` as a Path.
     """
-    check_common_args(n_views, width, height, supersample)
+    check_common_args(n_views, width, height, rig, shading)
     if int(n_test) < 0:
         raise ValueError(f"n_test must be >= 0, got {n_test}")
     if convention not in ("neus2", "blender"):
@@ -498,93 +500,29 @@ def generate_static_scene(
     prepared = prepare_mesh(mesh, object_radius)
     R = prepared.object_radius
     norm = normalization_for_sphere(np.zeros(3), R)
-    train_offset = random_azimuth_offset(seed)
-    cam_kw = dict(
-        layout=layout,
-        width=width,
-        height=height,
-        center=(0.0, 0.0, 0.0),
-        radius=R,
-        distance=distance,
-        fov_x_deg=fov_x_deg,
-        up=up,
-        min_elevation_deg=min_elevation_deg,
-        max_elevation_deg=max_elevation_deg,
-        ring_elevation_deg=ring_elevation_deg,
-        jitter_deg=jitter_deg,
-    )
-    splits = {"train": make_cameras(n_views, azimuth_offset_deg=train_offset, seed=seed, **cam_kw)}
-    if n_test > 0:
-        test_offset = heldout_azimuth_offset(layout, n_views, train_offset)
-        splits["test"] = make_cameras(n_test, azimuth_offset_deg=test_offset, seed=seed + 1, **cam_kw)
-
-    renderer = MeshRenderer(
-        prepared.render_mesh, light_dir=light_dir, ambient=ambient, diffuse=diffuse, albedo=prepared.albedo
-    )
-    json_name = "transform_{}.json" if convention == "neus2" else "transforms_{}.json"
-    gt_note = None
+    cams = rig.split_cameras(n_views, n_test, width, height, (0.0, 0.0, 0.0), R, seed)
+    splits = {"train": cams.train, "test": cams.test} if n_test > 0 else {"train": cams.train}
+    renderer = shading.renderer(prepared.render_mesh, prepared.albedo)
+    settings = {
+        "n_views": int(n_views),
+        "n_test": int(n_test),
+        "width": int(width),
+        "height": int(height),
+        "layout": rig.layout,
+        "seed": int(seed),
+        "object_radius": R,
+        **rig.to_dict(cams.azimuth_offset_deg, fov_x_deg=horizontal_fov_deg(cams.train[0].K, width)),
+        **shading.to_dict(),
+    }
     with staged_output(out_dir, overwrite) as tmp:
         with progress_bar(progress, n_views + n_test, f"rendering {Path(out_dir).name}") as advance:
-            for split, cams in splits.items():
-                paths = [f"{split}/{i:04d}" + (".png" if convention == "neus2" else "") for i in range(len(cams))]
-                jobs = [(cam, tmp / split / f"{i:04d}.png") for i, cam in enumerate(cams)]
-                render_views_to_png(renderer, jobs, width, height, supersample, advance)
-                if convention == "neus2":
-                    doc = neus2_json([neus2_frame(p, c) for p, c in zip(paths, cams, strict=True)], width, height, norm)
-                else:
-                    doc = blender_json(paths, cams, width, height, norm)
-                write_bytes(tmp / json_name.format(split), dump_json(doc))
-        if write_gt_mesh:
-            ply = mesh_ply_bytes(prepared.gt_mesh)
-            if max_gt_mesh_bytes is not None and len(ply) > max_gt_mesh_bytes:
-                gt_note = f"gt_mesh.ply omitted: {len(ply)} bytes > limit {max_gt_mesh_bytes}"
-            else:
-                write_bytes(tmp / "gt_mesh.ply", ply)
-        else:
-            gt_note = "gt_mesh.ply omitted (write_gt_mesh=False)"
+            for split, split_cams in splits.items():
+                write_static_split(
+                    tmp, split, split_cams, renderer, convention, norm, width, height, shading.supersample, advance
+                )
+        gt_note = write_gt_mesh_file(tmp, prepared.gt_mesh, write_gt_mesh, max_gt_mesh_bytes)
         licenses = copy_license_files(prepared.source, tmp / "source")
-        info = {
-            "generator": GENERATOR_NAME,
-            "kind": "static",
-            "convention": convention,
-            "files": {s: json_name.format(s) for s in splits},
-            "mesh_source": prepared.source,
-            "mesh_sha256": prepared.source_sha256,
-            "coloring": prepared.coloring,
-            "source_bounding_sphere": {
-                "center": prepared.source_center.tolist(),
-                "radius": prepared.source_radius,
-            },
-            "world_from_source": prepared.world_from_source.tolist(),
-            "bounding_sphere": {"center": [0.0, 0.0, 0.0], "radius": R},
-            "normalization": norm.to_dict(),
-            "gt_mesh": None if gt_note else "gt_mesh.ply",
-            "gt_mesh_note": gt_note,
-            "gt_mesh_vertices": int(len(prepared.gt_mesh.vertices)),
-            "gt_mesh_faces": int(len(prepared.gt_mesh.faces)),
-            "settings": {
-                "n_views": int(n_views),
-                "n_test": int(n_test),
-                "width": int(width),
-                "height": int(height),
-                "layout": layout,
-                "seed": int(seed),
-                "object_radius": R,
-                "distance_radii": float(distance),
-                "fov_x_deg": math.degrees(2 * math.atan(0.5 * width / splits["train"][0].K[0, 0])),
-                "up": [float(x) for x in up],
-                "min_elevation_deg": float(min_elevation_deg),
-                "max_elevation_deg": float(max_elevation_deg),
-                "ring_elevation_deg": float(ring_elevation_deg),
-                "azimuth_offset_deg": train_offset,
-                "jitter_deg": float(jitter_deg),
-                "supersample": int(supersample),
-                "light_dir": [float(x) for x in light_dir],
-                "ambient": float(ambient),
-                "diffuse": float(diffuse),
-            },
-            "source_license_files": [f"source/{n}" for n in licenses],
-        }
+        info = static_scene_info(prepared, convention, list(splits), norm, gt_note, settings, licenses)
         write_bytes(tmp / "scene_info.json", dump_json(info))
         write_bytes(tmp / "README.md", readme_text("Synthetic static scene", prepared, command, licenses, note))
     return Path(out_dir)

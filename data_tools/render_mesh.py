@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from data_tools.checks import finite_number, vector3
 from neus2cli.errors import UserError
 
 #: World direction *towards* the light (mostly from +y, the usual up axis of OBJ meshes).
@@ -397,6 +398,55 @@ class MeshRenderer:
             depth=dep.reshape(height, width).astype(np.float32),
             normal=nrm.reshape(height, width, 3).astype(np.float32),
         )
+
+
+@dataclass(frozen=True)
+class Shading:
+    """How a generator lights and samples its views; shared by the static and dynamic generators,
+    validated on construction.
+
+    Each ray's colour is ``albedo * (ambient + diffuse * max(n . l, 0))`` (clipped to [0, 1]),
+    ``n`` the surface normal facing the camera, ``l`` the unit ``light_dir``; no shadows.
+
+    Attributes:
+        light_dir: world direction *towards* the light (finite, non-zero; normalized when used).
+        ambient, diffuse: Lambert weights, finite and >= 0.
+        supersample: s (int >= 1): s x s rays per pixel, averaged (soft alpha edges).
+    """
+
+    light_dir: tuple[float, float, float] = DEFAULT_LIGHT_DIR
+    ambient: float = DEFAULT_AMBIENT
+    diffuse: float = DEFAULT_DIFFUSE
+    supersample: int = 2
+
+    def __post_init__(self) -> None:
+        values = {
+            "light_dir": vector3(self.light_dir, "light_dir"),
+            "ambient": finite_number(self.ambient, "ambient"),
+            "diffuse": finite_number(self.diffuse, "diffuse"),
+        }
+        for name in ("ambient", "diffuse"):
+            if values[name] < 0:
+                raise ValueError(f"{name} must be >= 0, got {values[name]}")
+        s = self.supersample
+        if isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 1:
+            raise ValueError(f"supersample must be an integer >= 1, got {s!r}")
+        values["supersample"] = int(s)
+        for name, value in values.items():  # store plain Python values (frozen: set through object)
+            object.__setattr__(self, name, value)
+
+    def renderer(self, mesh: trimesh.Trimesh, albedo: np.ndarray | None = None) -> MeshRenderer:
+        """A ``MeshRenderer`` of ``mesh`` (world frame) lit this way; ``albedo`` as in MeshRenderer."""
+        return MeshRenderer(mesh, light_dir=self.light_dir, ambient=self.ambient, diffuse=self.diffuse, albedo=albedo)
+
+    def to_dict(self) -> dict:
+        """The shading entries of ``scene_info.json`` "settings", in file order."""
+        return {
+            "supersample": self.supersample,
+            "light_dir": list(self.light_dir),
+            "ambient": self.ambient,
+            "diffuse": self.diffuse,
+        }
 
 
 def render_mesh(

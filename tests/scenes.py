@@ -22,9 +22,17 @@ def lumpy_ellipsoid() -> trimesh.Trimesh:
 
 def static_scene(root: Path, views: int = 24, size: int = 64) -> Path:
     from data_tools.generate import generate_static_scene
+    from data_tools.render_mesh import Shading
 
     return generate_static_scene(
-        lumpy_ellipsoid(), root, n_views=views, n_test=2, width=size, height=size, supersample=1, progress=False
+        lumpy_ellipsoid(),
+        root,
+        n_views=views,
+        n_test=2,
+        width=size,
+        height=size,
+        shading=Shading(supersample=1),
+        progress=False,
     )
 
 
@@ -42,6 +50,7 @@ def dynamic_scene(
     Images are ``size`` wide and ``height`` (default ``size``) high.
     """
     from data_tools.dynamic import generate_dynamic_sequence
+    from data_tools.render_mesh import Shading
 
     return generate_dynamic_sequence(
         lumpy_ellipsoid(),
@@ -53,6 +62,6 @@ def dynamic_scene(
         rotation_deg_per_frame=rotation_deg,
         translation_per_frame=translation,
         n_test_views=0,
-        supersample=1,
+        shading=Shading(supersample=1),
         progress=False,
     )

@@ -20,6 +20,7 @@ from PIL import Image
 
 from data_tools import demo_scene_path
 from data_tools.camera_paths import (
+    CameraRig,
     fibonacci_directions,
     intrinsics_from_fov,
     look_at,
@@ -28,7 +29,7 @@ from data_tools.camera_paths import (
 )
 from data_tools.dynamic import Deformation, deform_points, generate_dynamic_sequence
 from data_tools.generate import GL_FROM_CV, generate_static_scene
-from data_tools.render_mesh import MeshRenderer, embree_available, load_mesh
+from data_tools.render_mesh import MeshRenderer, Shading, embree_available, load_mesh
 from neus2cli.errors import UserError
 from tests.conftest import REPO_ROOT, shared_path
 
@@ -310,6 +311,49 @@ def test_layouts():
         fibonacci_directions(4, min_elevation_deg=10.0, max_elevation_deg=0.0)
 
 
+def test_rig_and_shading_validate_and_record_settings():
+    rig = CameraRig(layout="ring", distance=3, fov_x_deg=40, up=[0, 0, 2], ring_elevation_deg=10)
+    assert rig.up == (0.0, 0.0, 2.0) and isinstance(rig.distance, float)  # kept as given, not normalized
+    assert list(rig.to_dict(12.5)) == [
+        "distance_radii", "up", "min_elevation_deg", "max_elevation_deg", "ring_elevation_deg",
+        "azimuth_offset_deg", "jitter_deg",
+    ]  # fmt: skip
+    assert list(rig.to_dict(12.5, fov_x_deg=40.0))[:2] == ["distance_radii", "fov_x_deg"]
+    assert Shading().to_dict() == {"supersample": 2, "light_dir": [0.35, 0.8, 0.5], "ambient": 0.35, "diffuse": 0.65}
+    for kwargs, match in (
+        ({"layout": "grid"}, "layout"),
+        ({"distance": 1.0}, "distance"),
+        ({"fov_x_deg": 180.0}, "fov_x_deg"),
+        ({"up": (0, 0, 0)}, "up"),
+        ({"min_elevation_deg": 10.0, "max_elevation_deg": 0.0}, "min_elevation_deg"),
+        ({"ring_elevation_deg": 90.0}, "ring_elevation_deg"),
+        ({"jitter_deg": -1.0}, "jitter_deg"),
+        ({"distance": float("nan")}, "distance"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            CameraRig(**kwargs)
+    for kwargs, match in (
+        ({"light_dir": (0, 0)}, "light_dir"),
+        ({"ambient": -0.1}, "ambient"),
+        ({"diffuse": "1"}, "diffuse"),
+        ({"supersample": 0}, "supersample"),
+        ({"supersample": 1.5}, "supersample"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            Shading(**kwargs)
+    with pytest.raises(ValueError, match="rig must be a CameraRig"):
+        generate_static_scene(textured_blob(), Path("unused"), rig={"layout": "ring"})
+
+
+def test_heldout_cameras_fall_between_training_cameras():
+    # Ring: the held-out azimuths are offset by half the spacing (360 / n / 2) from the training ones.
+    cams = CameraRig(layout="ring").split_cameras(4, 4, SIZE, SIZE, (0.0, 0.0, 0.0), 1.0, seed=0)
+    azim = [math.degrees(math.atan2(c.c2w[0, 3], c.c2w[2, 3])) for c in cams.train + cams.test]
+    gaps = np.diff(np.sort(np.mod(azim, 360.0)))
+    np.testing.assert_allclose(gaps, 45.0, atol=1e-9)
+    assert CameraRig().split_cameras(3, 0, SIZE, SIZE, (0.0, 0.0, 0.0), 1.0, seed=0).test == []
+
+
 # ---------------------------------------------------------------- static scenes
 
 
@@ -405,7 +449,7 @@ def test_spot_from_shared_data(tmp_path):
     assert isinstance(spot.visual, trimesh.visual.TextureVisuals)
     root = generate_static_scene(
         shared_path("meshes", "spot", "spot.obj"), tmp_path / "spot", n_views=2, n_test=0,
-        width=SIZE, height=SIZE, layout="ring", progress=False,
+        width=SIZE, height=SIZE, rig=CameraRig(layout="ring"), progress=False,
     )  # fmt: skip
     gt = trimesh.load(root / "gt_mesh.ply", process=False)
     for K, c2w, rel in read_cameras(root / "transform_train.json"):
@@ -531,6 +575,7 @@ def test_cli_static_and_errors(tmp_path, capsys):
         ["static", str(mesh), str(tmp_path / "out")],  # exists, no --overwrite
         ["static", str(mesh), str(tmp_path / "y"), "--size", "big"],
         ["dynamic", str(mesh), str(tmp_path / "z"), "--translation", "a,b"],
+        ["static", str(mesh), str(tmp_path / "w"), "--distance", "0.5"],  # an invalid CameraRig
     ):
         with pytest.raises(SystemExit) as exc:
             main(args)
