@@ -48,3 +48,6 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         report_user_error(err)
         sys.exit(err.exit_code)
+    except KeyboardInterrupt:  # commands without their own handling (training has its own): no traceback
+        err_console.print("[yellow]Interrupted.[/yellow]", highlight=False)
+        sys.exit(130)

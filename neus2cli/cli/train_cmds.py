@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from enum import Enum
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.markup import escape
 
 from neus2cli.cli import app, err_console
 from neus2cli.errors import UserError
+from neus2cli.signals import sigterm_as_interrupt
 
 console = Console()
 
@@ -32,12 +34,32 @@ class MeshFormat(str, Enum):
 SET_HELP = "Override a config value, e.g. --set train.steps=500 (repeatable; bare keys work when unique)."
 
 
-def _interrupted(err, resume_hint: str) -> None:
+#: The exit status of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention for Ctrl-C).
+INTERRUPTED_EXIT = 130
+
+
+def _interrupted(err, resume_command: list[str]) -> None:
+    """Say where the interrupted run stands and the command that continues it; exit 130."""
+    if err.checkpoint_path is not None:
+        where = f"A resumable checkpoint is at {err.checkpoint_path}."
+    else:
+        where = f"It stopped before its first checkpoint; the run in {err.run_dir} resumes from the start."
+    # shlex.join: the command pastes into a shell as it is, whatever spaces or quotes the paths hold.
     err_console.print(
-        f"[yellow]Interrupted.[/yellow] A resumable checkpoint is at {err.checkpoint_path}. {resume_hint}",
+        f"[yellow]Interrupted.[/yellow] {escape(where)} Continue with: {escape(shlex.join(resume_command))}",
         soft_wrap=True,
+        highlight=False,
     )
-    sys.exit(130)
+    sys.exit(INTERRUPTED_EXIT)
+
+
+def _interrupted_before_run() -> None:
+    err_console.print(
+        "[yellow]Interrupted[/yellow] before the run folder was set up; nothing to resume: run the command again.",
+        soft_wrap=True,
+        highlight=False,
+    )
+    sys.exit(INTERRUPTED_EXIT)
 
 
 @app.command("train")
@@ -64,40 +86,43 @@ def train(
     With --resume the run keeps its config; --steps, --backend and output options (--set output.*)
     may change and are recorded in the run, anything else is refused.
     """
-    from neus2cli.compute import resolve_compute
-    from neus2cli.config import ConfigRequest
-    from neus2cli.train.run import run_config
-    from neus2cli.train.static import train_static
-    from neus2cli.train.trainer import TrainingInterrupted
+    # SIGTERM (timeout, schedulers, kill) stops the run as Ctrl-C does: checkpoint, message, exit 130.
+    with sigterm_as_interrupt():
+        # KeyboardInterrupt is matched first: before the imports below finish, the second name is unbound.
+        try:
+            from neus2cli.compute import resolve_compute
+            from neus2cli.config import ConfigRequest
+            from neus2cli.train.run import run_config
+            from neus2cli.train.static import train_static
+            from neus2cli.train.trainer import TrainingInterrupted
 
-    if scene is None:
-        from data_tools import demo_scene_path
+            if scene is None:
+                from data_tools import demo_scene_path
 
-        err_console.print("No scene given: training the bundled demo scene.")
-    request = ConfigRequest(
-        config,
-        tuple(overrides),
-        {"train.steps": steps, "backend": backend.value if backend else None},
-        default_preset="base" if scene is not None else "demo",
-    )
-    cfg = run_config(request, out, resume=resume)
-    scene_path = scene if scene is not None else demo_scene_path()
-    try:
-        run_dir, metrics = train_static(
-            scene_path,
-            cfg,
-            out,
-            compute=resolve_compute(cfg.backend),
-            resume=resume,
-            force=force,
-            progress=not no_progress,
-        )
-    except TrainingInterrupted as err:
-        _interrupted(
-            err,
-            f"Continue with: neus2 train {scene or ''} --out {out or err.checkpoint_path.parent} --resume",
-        )
-        return
+                err_console.print("No scene given: training the bundled demo scene.")
+            request = ConfigRequest(
+                config,
+                tuple(overrides),
+                {"train.steps": steps, "backend": backend.value if backend else None},
+                default_preset="base" if scene is not None else "demo",
+            )
+            cfg = run_config(request, out, resume=resume)
+            run_dir, metrics = train_static(
+                scene if scene is not None else demo_scene_path(),
+                cfg,
+                out,
+                compute=resolve_compute(cfg.backend),
+                resume=resume,
+                force=force,
+                progress=not no_progress,
+            )
+        except KeyboardInterrupt:
+            _interrupted_before_run()
+            return
+        except TrainingInterrupted as err:
+            given = [str(scene)] if scene is not None else []
+            _interrupted(err, ["neus2", "train", *given, "--out", str(err.run_dir), "--resume"])
+            return
     summary = {k: metrics[k] for k in ("steps", "train_seconds", "psnr_test", "backend") if k in metrics}
     console.print(f"[green]done[/green] {run_dir}  " + "  ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
     console.print(f"mesh:    {escape(str(run_dir / 'mesh.ply'))}")
@@ -194,29 +219,33 @@ def train_dynamic_cmd(
 
     With --resume the run keeps its config, mode and frames; --backend and output options may change.
     """
-    from neus2cli.compute import resolve_compute
-    from neus2cli.config import ConfigRequest
-    from neus2cli.train.dynamic import train_dynamic
-    from neus2cli.train.run import run_config
-    from neus2cli.train.trainer import TrainingInterrupted
+    with sigterm_as_interrupt():
+        try:  # KeyboardInterrupt first, as in ``train``
+            from neus2cli.compute import resolve_compute
+            from neus2cli.config import ConfigRequest
+            from neus2cli.train.dynamic import train_dynamic
+            from neus2cli.train.run import run_config
+            from neus2cli.train.trainer import TrainingInterrupted
 
-    request = ConfigRequest(config, tuple(overrides), {"backend": backend.value if backend else None})
-    cfg = run_config(request, out, resume=resume)
-    try:
-        run_dir, metrics = train_dynamic(
-            scene_dir,
-            cfg,
-            out,
-            compute=resolve_compute(cfg.backend),
-            mode=mode.value if mode else None,
-            frames=frames,
-            resume=resume,
-            force=force,
-            progress=not no_progress,
-        )
-    except TrainingInterrupted as err:
-        _interrupted(err, f"Continue with: neus2 train-dynamic {scene_dir} --out {out or '<run folder>'} --resume")
-        return
+            request = ConfigRequest(config, tuple(overrides), {"backend": backend.value if backend else None})
+            cfg = run_config(request, out, resume=resume)
+            run_dir, metrics = train_dynamic(
+                scene_dir,
+                cfg,
+                out,
+                compute=resolve_compute(cfg.backend),
+                mode=mode.value if mode else None,
+                frames=frames,
+                resume=resume,
+                force=force,
+                progress=not no_progress,
+            )
+        except KeyboardInterrupt:
+            _interrupted_before_run()
+            return
+        except TrainingInterrupted as err:
+            _interrupted(err, ["neus2", "train-dynamic", str(scene_dir), "--out", str(err.run_dir), "--resume"])
+            return
     console.print(
         f"[green]done[/green] {run_dir}  frames={metrics['n_frames']}  "
         f"first={_fmt(metrics['first_frame_seconds'])}s  later={_fmt(metrics['mean_seconds_after_first'])}s/frame"

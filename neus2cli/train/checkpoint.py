@@ -3,7 +3,8 @@
 Contents (a dict): ``version``, ``kind`` ("static"), ``config`` (resolved, plain data),
 ``backend``, ``normalization`` (``Normalization.to_dict``), ``scene`` (path, name,
 format), and ``trainer`` (``NeuSTrainer.state_dict``: weights, EMA, optimiser,
-occupancy grid, step, ray count, RNG).
+occupancy grid, step, ray count, RNG, and the training seconds, samples and
+last training PSNR of every segment so far).
 """
 
 from __future__ import annotations

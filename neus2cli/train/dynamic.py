@@ -11,16 +11,15 @@ First only a per-frame rigid delta is optimised with the field frozen and all le
 
 Per-frame mode trains every frame from scratch with the static pipeline.
 
-Run folder (``DIR``): ``config.json``, ``run.json``, ``metrics.json``, ``state/last.pt``
-(resume point) and per frame k (4 digits, index in the input sequence)
-``frames/kkkk/{mesh.ply, transform.json, field.bin, metrics.json}``; ``field.bin`` is a
-lossless compressed delta against the previous stored frame (``train.frames``).
+Run folder (``DIR``): ``config.json``, ``run.json`` (mode, frames, normalization and the sequence's
+identity), ``metrics.json``, ``state/last.pt`` (resume point) and per frame k (4 digits, index in
+the input sequence) ``frames/kkkk/{mesh.ply, transform.json, field.bin, metrics.json}``; ``field.bin``
+is a lossless compressed delta against the previous stored frame (``train.frames``).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from neus2cli import log
 from neus2cli.compute import Compute, resolve_compute
 from neus2cli.config import Config
 from neus2cli.data.hull import centred_normalization, visual_hull_box
+from neus2cli.data.identity import sequence_identity
 from neus2cli.data.images import load_images
 from neus2cli.data.loader import load_dynamic_scene
 from neus2cli.data.scene import DynamicScene, Normalization, Scene
@@ -44,7 +44,17 @@ from neus2cli.train.outputs import TrainedField, image_metrics, mesh_of_field, r
 from neus2cli.train.pixels import PixelBank
 from neus2cli.train.pose import PoseOptimizer
 from neus2cli.train.rigid import FrameToCanonical, world_to_canonical_world
-from neus2cli.train.run import default_run_dir, new_run_dir, resumable_run_dir, resumed_config, write_json
+from neus2cli.train.run import (
+    RESUMES_FILE,
+    RUN_FILE,
+    check_same_scene,
+    default_run_dir,
+    new_run_dir,
+    read_run_info,
+    resumable_run_dir,
+    resumed_config,
+    write_json,
+)
 from neus2cli.train.trainer import DivergenceError, NeuSTrainer, TrainingInterrupted
 
 MODES = ("incremental", "per-frame")
@@ -353,30 +363,72 @@ def train_dynamic(
 
     ``mode`` defaults to incremental, ``compute`` to ``resolve_compute(cfg.backend)``. With ``resume``,
     ``cfg`` may differ from the run's saved config only in ``neus2cli.config.RESUMABLE`` keys (recorded
-    in the run), and ``mode`` and ``frames``, where given, must be the run's.
+    in the run), and ``mode`` and ``frames``, where given, must be the run's; so must the sequence
+    (``run.json``'s ``scene_identity``). A run stopped before its first finished frame resumes from its
+    first frame; a complete one is left as it is.
+
+    Raises ``TrainingInterrupted`` (the run folder, and ``state/last.pt`` where a frame had finished) on
+    Ctrl-C or, inside ``neus2cli.signals.sigterm_as_interrupt``, SIGTERM, once ``config.json`` is written.
     """
     if mode is not None and mode not in MODES:
         raise UserError(f"--mode must be 'incremental' or 'per-frame', got '{mode}'.")
     sequence = load_dynamic_scene(scene_dir)
+    identity = sequence_identity(scene_dir)
     indices = parse_frame_range(frames, len(sequence.frames))
     state = None
+    run_info = None
     if resume:
-        out_dir = resumable_run_dir(out_dir, RESUME_POINT, "a finished frame")
-        run_info = json.loads((out_dir / "run.json").read_text())
-        _check_unchanged("--mode", mode, run_info["mode"], out_dir)
-        _check_unchanged("--frames", indices if frames is not None else None, run_info["frames"], out_dir)
-        mode, indices = run_info["mode"], run_info["frames"]
-        state = load_checkpoint(out_dir / RESUME_POINT)
-        resumed_config(out_dir, cfg, {"after_frame": int(state["last_index"])})
-        normalization = Normalization.from_dict(run_info["normalization"])
-    else:
-        mode = mode or "incremental"
-        out_dir = new_run_dir(out_dir or default_run_dir(sequence.name), force)
-        normalization = _run_normalization(sequence, indices, mode, cfg)
-        cfg.save(out_dir / "config.json")
+        out_dir = resumable_run_dir(out_dir)
+        run_info = read_run_info(out_dir)  # None: stopped before it was written, nothing trained yet
+    try:
+        if run_info is not None:
+            recorded = run_info.get("scene_identity") or {"path": run_info["scene"]}
+            check_same_scene(out_dir, recorded, identity)
+            _check_unchanged("--mode", mode, run_info["mode"], out_dir)
+            _check_unchanged("--frames", indices if frames is not None else None, run_info["frames"], out_dir)
+            mode, indices = run_info["mode"], run_info["frames"]
+            if (out_dir / RESUME_POINT).exists():
+                state = load_checkpoint(out_dir / RESUME_POINT)
+            normalization = Normalization.from_dict(run_info["normalization"])
+        else:
+            mode = mode or "incremental"
+            if not resume:
+                out_dir = new_run_dir(
+                    out_dir or default_run_dir(sequence.name),
+                    force,
+                    owned=(RESUME_POINT, "metrics.json", RUN_FILE, RESUMES_FILE),
+                )
+            normalization = _run_normalization(sequence, indices, mode, cfg)
+        if resume:
+            resumed_config(out_dir, cfg, {"after_frame": int(state["last_index"]) if state is not None else None})
+        else:
+            cfg.save(out_dir / "config.json")  # first: from here on the folder is a run that resumes
+        return _train_frames(sequence, identity, indices, mode, normalization, cfg, out_dir, compute, state, progress)
+    except (KeyboardInterrupt, TrainingInterrupted):
+        if out_dir is None or not (out_dir / "config.json").is_file():
+            raise KeyboardInterrupt from None  # stopped before the run existed: nothing to resume
+        point = out_dir / RESUME_POINT
+        raise TrainingInterrupted(point if point.exists() else None, out_dir) from None
+
+
+def _train_frames(
+    sequence: DynamicScene,
+    identity: dict,
+    indices: list[int],
+    mode: str,
+    normalization: Normalization,
+    cfg: Config,
+    out_dir: Path,
+    compute: Compute | None,
+    state: dict | None,
+    progress: bool,
+) -> tuple[Path, dict]:
+    """The frames after ``state``'s last finished one (all of them without ``state``), in a run folder
+    whose ``config.json`` is written."""
     compute = compute or resolve_compute(cfg.backend)
     run_info = {
-        "scene": str(Path(scene_dir).resolve()),
+        "scene": identity["path"],
+        "scene_identity": identity,
         "mode": mode,
         "frames": indices,
         "frame_names": [sequence.frame_names[i] for i in indices],
@@ -384,24 +436,22 @@ def train_dynamic(
         "normalization": normalization.to_dict(),
         "keyframe_every": KEYFRAME_EVERY,
     }
-    write_json(out_dir / "run.json", run_info)
+    write_json(out_dir / RUN_FILE, run_info)
 
     run = DynamicRun(cfg, compute, out_dir, mode, progress)
     done = -1
     if state is not None:
         run.load_state(state)
         done = indices.index(int(state["last_index"]))
+        if done == len(indices) - 1:
+            log.info(f"the run in {out_dir} is already complete ({len(indices)} frames); nothing to do.")
+            return out_dir, _summary(run.records, mode, compute.backend)
         log.info(f"resuming after frame {state['last_index']:04d}")
     for pos in range(done + 1, len(indices)):
         index = indices[pos]
         scene = sequence.frames[index]
         scene.normalization = normalization
-        try:
-            record = run.train_frame(index, scene, first=(pos == 0))
-        except TrainingInterrupted as err:
-            raise TrainingInterrupted(out_dir / RESUME_POINT) from err
-        except KeyboardInterrupt:
-            raise TrainingInterrupted(out_dir / RESUME_POINT) from None
+        record = run.train_frame(index, scene, first=(pos == 0))
         run.records.append(record)
         run.save_state(index)
         write_json(out_dir / "metrics.json", _summary(run.records, mode, compute.backend))

@@ -4,6 +4,11 @@ A new run gets a fresh folder (``outputs/<scene>/<YYYY-mm-dd_HHMMSS>/`` by defau
 resolved from its request. A resumed run keeps its own ``config.json``; the options given with
 ``--resume`` change only what is safe to change mid-run (``neus2cli.config.RESUMABLE``), and every
 change is recorded in ``resumes.json``; anything else is refused with a message naming the option.
+
+A run exists from the moment its ``config.json`` is written (atomically, before any other file of
+the run): a folder holding it resumes, whatever else is missing (no checkpoint yet: from the start).
+``run.json`` records the scene's identity (``neus2cli.data.identity``); ``--resume`` with another
+scene is refused.
 """
 
 from __future__ import annotations
@@ -14,18 +19,25 @@ from pathlib import Path
 
 from neus2cli import log
 from neus2cli.config import Config, ConfigRequest, check_resumable, load_run_config, resolve_request, resume_config
+from neus2cli.data.identity import same_scene
 from neus2cli.errors import UserError
 from neus2cli.io import atomic_write_text
 
 RESUMES_FILE = "resumes.json"
+RUN_FILE = "run.json"
 
 
 def default_run_dir(scene_name: str, root: Path = Path("outputs")) -> Path:
     return root / scene_name / datetime.now().strftime("%Y-%m-%d_%H%M%S")
 
 
-def new_run_dir(out_dir: Path, force: bool) -> Path:
-    """Create ``out_dir`` for a new run; a folder holding files is refused unless ``force``."""
+def new_run_dir(out_dir: Path, force: bool, owned: tuple[str, ...] = ()) -> Path:
+    """Create ``out_dir`` for a new run; a folder holding files is refused unless ``force``.
+
+    With ``force``, the earlier run's ``config.json`` and the ``owned`` files (paths relative to
+    ``out_dir``: its resume point, metrics, ...) are removed first: left there, an interruption before
+    the new run's first checkpoint would leave a folder that resumes the old run.
+    """
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise UserError(
             "the output folder already holds files; runs never overwrite each other.",
@@ -33,18 +45,22 @@ def new_run_dir(out_dir: Path, force: bool) -> Path:
             hint="Pass --resume to continue that run, --force to overwrite it, or choose another --out.",
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    # config.json first: once it is gone, the folder no longer passes for a run that resumes.
+    for name in ("config.json", *owned):
+        (out_dir / name).unlink(missing_ok=True)
     return out_dir
 
 
-def resumable_run_dir(out_dir: Path | None, resume_point: str, what: str) -> Path:
-    """The folder of a run to continue; it must hold ``resume_point`` (relative path) and ``config.json``."""
+def resumable_run_dir(out_dir: Path | None) -> Path:
+    """The folder of a run to continue: one holding ``config.json`` (its resume point may not exist yet)."""
     if out_dir is None:
         raise UserError("--resume needs --out pointing at the run folder to continue.")
-    if not (out_dir / resume_point).exists() or not (out_dir / "config.json").exists():
+    if not (out_dir / "config.json").is_file():
         raise UserError(
-            f"--resume needs {what} ({resume_point}) and config.json in the run folder.",
+            "--resume found no run here (no config.json): this is not a run folder, or its run was stopped "
+            "before it started.",
             path=out_dir,
-            hint="Point --out at the folder of the interrupted run.",
+            hint="Point --out at the folder of the interrupted run, or run the command without --resume.",
         )
     return out_dir
 
@@ -53,23 +69,23 @@ def run_config(request: ConfigRequest, out_dir: Path | None, *, resume: bool) ->
     """The config of a new run (``request`` resolved) or of a resumed one (the run's own, changed by ``request``)."""
     if not resume:
         return resolve_request(request)
-    if out_dir is None:
-        raise UserError("--resume needs --out pointing at the run folder to continue.")
-    path = out_dir / "config.json"
-    if not path.exists():
-        raise UserError("--resume needs the run's config.json in the run folder.", path=out_dir)
-    cfg, _ = resume_config(load_run_config(path), request)
+    cfg, _ = resume_config(load_run_config(resumable_run_dir(out_dir) / "config.json"), request)
     return cfg
 
 
-def resumed_config(out_dir: Path, cfg: Config, at: dict) -> Config:
+def resume_changes(out_dir: Path, cfg: Config) -> dict:
+    """``{key: (old, new)}`` where ``cfg`` differs from the run's saved config; a ``UserError`` naming the
+    first key that may not change on resume. Writes nothing."""
+    return check_resumable(load_run_config(out_dir / "config.json"), cfg)
+
+
+def resumed_config(out_dir: Path, cfg: Config, at: dict) -> dict:
     """Check ``cfg`` against the run's saved config, record what changed (``resumes.json``) and save it.
 
     ``at`` says where the run resumes (e.g. ``{"step": 700}``). Raises ``UserError`` naming the first
-    key that may not change on resume.
+    key that may not change on resume. Returns the changes ``{key: (old, new)}``.
     """
-    stored = load_run_config(out_dir / "config.json")
-    changes = check_resumable(stored, cfg)
+    changes = resume_changes(out_dir, cfg)
     if changes:
         log.info("resuming with " + ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()))
         path = out_dir / RESUMES_FILE
@@ -83,7 +99,33 @@ def resumed_config(out_dir: Path, cfg: Config, at: dict) -> Config:
         )
         atomic_write_text(path, json.dumps(history, indent=2) + "\n")
     cfg.save(out_dir / "config.json")
-    return cfg
+    return changes
+
+
+def read_run_info(out_dir: Path) -> dict | None:
+    """The run's ``run.json``, or None where it was not written (a run stopped right after its config)."""
+    path = out_dir / RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_same_scene(out_dir: Path, recorded: dict | None, given: dict) -> None:
+    """Refuse to resume the run in ``out_dir`` on a scene other than its own.
+
+    ``recorded`` is the run's scene identity (None: not recorded, accepted), ``given`` the identity of
+    the scene passed with ``--resume`` (``neus2cli.data.identity``).
+    """
+    if recorded is None or same_scene(recorded, given):
+        return
+    if Path(recorded["path"]).resolve() == Path(given["path"]).resolve():
+        what = "its camera files changed since the run started"
+    else:
+        what = "it is another scene"
+    raise UserError(
+        f"--resume was given the scene {given['path']} (sha256 {given['sha256'][:12]}), but this run was trained "
+        f"on {recorded['path']} (sha256 {str(recorded.get('sha256') or 'not recorded')[:12]}); {what}.",
+        path=out_dir,
+        hint="Resume with the run's own scene, or start a new run (another --out) on this one.",
+    )
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,11 +33,21 @@ from neus2cli.train.schedules import active_levels, lr_factor
 
 
 class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C once a resumable checkpoint has been written."""
+    """Raised after Ctrl-C (or SIGTERM, see ``neus2cli.signals``) once the run is resumable.
 
-    def __init__(self, checkpoint_path):
-        super().__init__(f"interrupted; checkpoint saved to {checkpoint_path}")
-        self.checkpoint_path = checkpoint_path
+    Args:
+        checkpoint_path: the resumable checkpoint written, or None where the interruption came before
+            the first one (the run then resumes from its start).
+        run_dir: the run folder to resume (default: the checkpoint's folder).
+    """
+
+    def __init__(self, checkpoint_path: Path | None, run_dir: Path | None = None):
+        where = f"checkpoint saved to {checkpoint_path}" if checkpoint_path is not None else "no checkpoint yet"
+        super().__init__(f"interrupted; {where}")
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        if run_dir is None and self.checkpoint_path is not None:
+            run_dir = self.checkpoint_path.parent
+        self.run_dir = Path(run_dir) if run_dir is not None else None
 
 
 class DivergenceError(RuntimeError):
@@ -102,6 +113,12 @@ class NeuSTrainer:
         self.n_rays = cfg.sampling.initial_rays
         self.freeze_field = False  # set only by field_frozen()
         self._batches_cut = 0  # the eager step's count (see ``batches_cut``)
+        self._prior_batches_cut = 0  # counted by the segments before a resume
+        # Totals over every ``run`` of this engine and the segments before a resume (``state_dict``), so
+        # that a resumed run reports its whole training, not only its last segment.
+        self.train_seconds = 0.0
+        self.samples_seen = 0
+        self.train_psnr = math.nan  # mean training PSNR over the last log window
         self._active_levels = -1
         t = cfg.train
         groups = [
@@ -208,8 +225,8 @@ class NeuSTrainer:
     def batches_cut(self) -> int:
         """Batches a sample budget cut (see ``SamplingConfig.max_samples_factor``, ``render.fixed``)."""
         if self.fixed_step is not None:
-            return int(self.fixed_step.batches_cut)
-        return self._batches_cut
+            return self._prior_batches_cut + int(self.fixed_step.batches_cut)
+        return self._prior_batches_cut + self._batches_cut
 
     def train_step(self) -> StepStats:
         self._apply_schedules()
@@ -292,12 +309,19 @@ class NeuSTrainer:
 
         ``after_step(trainer)`` runs after every step (the gradients of ``ray_transform`` are then
         fresh). ``on_checkpoint(trainer)`` is called every ``checkpoint_every`` steps and on Ctrl-C
-        (then ``TrainingInterrupted`` is raised with its return value).
+        (then ``TrainingInterrupted`` is raised with its return value). ``train_seconds``,
+        ``samples_seen`` and ``train_psnr`` are brought up to date before every ``on_checkpoint``.
         """
         t = self.cfg.train
         start_step = self.step
         samples = 0
         t0 = time.perf_counter()
+        seconds_before, samples_before = self.train_seconds, self.samples_seen
+
+        def account() -> None:
+            self.train_seconds = seconds_before + (time.perf_counter() - t0)
+            self.samples_seen = samples_before + int(samples)
+
         window_t, window_samples = t0, 0
         loss_sum = mse_sum = None
         window_steps = 0
@@ -323,16 +347,20 @@ class NeuSTrainer:
                         window_t, window_samples, window_steps = now, 0, 0
                         loss_sum = mse_sum = None
                         bar.update(self.step, loss=loss_avg, psnr=psnr_avg, samples_per_s=rate)
+                        self.train_psnr = psnr_avg
                         if not math.isfinite(loss_avg):
                             raise DivergenceError(f"non-finite loss before step {self.step}")
                         self.check_health()
                     if on_checkpoint is not None and t.checkpoint_every > 0 and self.step % t.checkpoint_every == 0:
+                        account()
                         on_checkpoint(self)
             except KeyboardInterrupt:
+                account()
                 path = on_checkpoint(self) if on_checkpoint is not None else None
                 raise TrainingInterrupted(path) from None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        account()
         seconds = time.perf_counter() - t0
         steps = self.step - start_step
         return {
@@ -364,6 +392,10 @@ class NeuSTrainer:
             "optimizer": self.optimizer.state_dict(),
             "grid": self.grid.state_dict(),
             "generator": self.generator.get_state(),
+            "train_seconds": self.train_seconds,
+            "samples_seen": self.samples_seen,
+            "train_psnr": self.train_psnr,
+            "batches_cut": self.batches_cut,
         }
 
     def load_state_dict(self, state: dict, *, optimizer: bool = True) -> None:
@@ -371,6 +403,11 @@ class NeuSTrainer:
         self.grid.load_state_dict(state["grid"])
         self.step = int(state["step"])
         self.n_rays = int(state.get("n_rays", self.n_rays))
+        # Checkpoints written before these totals existed count from zero.
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.samples_seen = int(state.get("samples_seen", 0))
+        self.train_psnr = float(state.get("train_psnr", math.nan))
+        self._prior_batches_cut = int(state.get("batches_cut", 0))
         if self.fixed_step is not None:
             self.fixed_step.n_active.fill_(min(max(self.n_rays, 64), self.cfg.sampling.max_rays))
         if optimizer:
