@@ -30,7 +30,7 @@ def _parse_indices(text: str) -> tuple[int, ...]:
 @app.command("inspect")
 def inspect_cmd(
     scene: Path = typer.Argument(
-        ..., help="Scene folder or JSON file (NeuS/IDR, Blender/NGP, NeuS2), or a dynamic-sequence folder."
+        ..., help="Scene folder or JSON file (NeuS/IDR, Blender/NGP, NeuS2, COLMAP), or a dynamic-sequence folder."
     ),
     plot: Path | None = typer.Option(
         None,

@@ -3,6 +3,8 @@
 ``load_scene(path)`` accepts
 
 * a NeuS/IDR folder (``cameras_sphere.npz``),
+* a COLMAP folder: ``images/`` plus a sparse model in ``sparse/0/``, ``sparse/`` or the
+  folder itself (``neus2cli.data.formats_colmap``; named JSON files take precedence),
 * a folder with ``transforms_train.json`` / ``transform_train.json`` (+ sibling
   ``*_test.json`` or ``*_val.json`` as the test split), ``transforms.json``, or a
   single top-level ``*.json``,
@@ -18,6 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from neus2cli.data.formats_colmap import find_colmap_model, load_colmap_scene
 from neus2cli.data.formats_json import load_json_scene, read_json
 from neus2cli.data.formats_neus import CAMERAS_FILE, load_neus_folder
 from neus2cli.data.scene import DynamicScene, Scene
@@ -73,8 +76,9 @@ def detect_format(path: str | Path) -> tuple[str, list[tuple[Path, str | None]]]
     """What ``path`` holds.
 
     Returns:
-        ("neus", [(folder, None)]) for a NeuS/IDR folder, or ("json", [(file, split), ...])
-        with the JSON files to read and the split each one sets (None: per frame).
+        ("neus", [(folder, None)]) for a NeuS/IDR folder, ("colmap", [(folder, None)]) for a
+        COLMAP folder, or ("json", [(file, split), ...]) with the JSON files to read and the
+        split each one sets (None: per frame).
     """
     path = Path(path)
     if not path.exists():
@@ -97,6 +101,8 @@ def detect_format(path: str | Path) -> tuple[str, list[tuple[Path, str | None]]]
             return "json", _json_files_for(path / name)
     if (path / "transforms.json").is_file():
         return "json", [(path / "transforms.json", None)]
+    if find_colmap_model(path) is not None:
+        return "colmap", [(path, None)]
     jsons = top_level_jsons(path)
     if len(jsons) == 1:
         return "json", _json_files_for(jsons[0])
@@ -110,7 +116,7 @@ def detect_format(path: str | Path) -> tuple[str, list[tuple[Path, str | None]]]
         )
     raise UserError(
         f"no scene found: expected {CAMERAS_FILE} (NeuS/IDR), transforms_train.json, transform_train.json, "
-        "transforms.json or a single .json file.",
+        "transforms.json, a single .json file, or a COLMAP model (sparse/0/ with images/).",
         path=path,
     )
 
@@ -120,8 +126,9 @@ def load_scene(path: str | Path, test_views: list[int] | tuple[int, ...] | None 
 
     Args:
         path: scene folder or JSON file (see the module docstring).
-        test_views: NeuS/IDR only: indices held out as the test split (default
-            NeuS2's DTU test views); ignored for JSON scenes, whose files set the split.
+        test_views: NeuS/IDR and COLMAP: indices held out as the test split (default
+            NeuS2's DTU test views for NeuS/IDR, none for COLMAP); ignored for JSON
+            scenes, whose files set the split.
 
     Returns:
         ``Scene``; ``Scene.name`` is the folder name (a JSON file's parent folder).
@@ -133,6 +140,8 @@ def load_scene(path: str | Path, test_views: list[int] | tuple[int, ...] | None 
     kind, files = detect_format(path)
     if kind == "neus":
         scene = load_neus_folder(files[0][0], test_views=test_views)
+    elif kind == "colmap":
+        scene = load_colmap_scene(files[0][0], test_views=test_views)
     else:
         json_path = files[0][0]
         root = Path(path)
@@ -200,9 +209,11 @@ def load_dynamic_scene(directory: str | Path, frames: slice | None = None) -> Dy
 
 def is_dynamic_dir(path: str | Path) -> bool:
     """True for a folder that ``load_scene`` cannot take but ``load_dynamic_scene`` can:
-    several top-level JSONs and no NeuS, train/test or transforms.json files."""
+    several top-level JSONs and no NeuS, train/test, transforms.json or COLMAP files."""
     path = Path(path)
     if not path.is_dir() or (path / CAMERAS_FILE).exists() or (path / "transforms.json").is_file():
+        return False
+    if find_colmap_model(path) is not None:
         return False
     if any((path / name).is_file() for name in _SPLIT_PAIRS):
         return False

@@ -120,7 +120,7 @@ class Scene:
     Attributes:
         name: short scene name (used for ``outputs/<name>/...``).
         root: the file or folder it was loaded from.
-        format: ``"blender"``, ``"neus2"`` or ``"neus"``.
+        format: ``"blender"``, ``"neus2"``, ``"neus"`` or ``"colmap"``.
         views: every view, in file order.
         split: ``{"train": [...], "test": [...]}`` indices into ``views``.
         normalization: world -> unit cube.

@@ -1,0 +1,496 @@
+"""COLMAP sparse models (text and binary) -> Scene: poses, pixel convention, distortion, errors.
+
+The fixtures write COLMAP models with our own small writers, following the documented
+layouts (https://colmap.github.io/format.html), for known cameras and known 3D points. The
+2D observations stored in the model are computed here with COLMAP's projection written out
+independently of the loader (rotation matrices, not quaternions; each model's distortion
+polynomial spelled out), so "the loaded cameras reproject the points onto the stored
+observations" checks pose, intrinsics, distortion and the pixel convention at once.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from neus2cli.data.cameras import look_at
+from neus2cli.data.formats_colmap import CAMERA_MODELS, colmap_pose_to_c2w, qvec_to_rotation
+from neus2cli.data.loader import detect_format, is_dynamic_dir, load_scene
+from neus2cli.data.rays import project_points
+from neus2cli.data.validate import validate_scene
+from neus2cli.errors import UserError
+from tests.test_data_convert import run_cli
+
+_MODEL_IDS = {name: i for i, (name, _) in CAMERA_MODELS.items()}
+
+
+@dataclass
+class Cam:
+    camera_id: int
+    model: str
+    width: int
+    height: int
+    params: tuple[float, ...]
+
+
+@dataclass
+class Img:
+    image_id: int
+    qvec: tuple[float, ...]
+    tvec: tuple[float, ...]
+    camera_id: int
+    name: str
+    points2d: list[tuple[float, float, int]] = field(default_factory=list)
+
+
+@dataclass
+class Pt:
+    point_id: int
+    xyz: tuple[float, float, float]
+    track: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class Model:
+    cameras: list[Cam]
+    images: list[Img]
+    points: list[Pt]
+    c2w: dict[str, np.ndarray]  # the known OpenCV camera-to-world of each image, by name
+
+
+# --------------------------------------------------------------------------------------------
+# Writers (documented COLMAP layouts).
+
+
+def write_text_model(folder: Path, model: Model) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    r = repr  # repr(float) round-trips exactly, so text and binary hold the same numbers
+    with open(folder / "cameras.txt", "w") as f:
+        f.write("# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
+        for c in model.cameras:
+            f.write(" ".join([str(c.camera_id), c.model, str(c.width), str(c.height), *map(r, c.params)]) + "\n")
+    with open(folder / "images.txt", "w") as f:
+        f.write("# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n# POINTS2D[] as (X, Y, POINT3D_ID)\n")
+        for im in model.images:
+            f.write(" ".join([str(im.image_id), *map(r, im.qvec), *map(r, im.tvec), str(im.camera_id), im.name]) + "\n")
+            f.write(" ".join(f"{r(x)} {r(y)} {pid}" for x, y, pid in im.points2d) + "\n")
+    with open(folder / "points3D.txt", "w") as f:
+        f.write("# POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n")
+        for p in model.points:
+            track = " ".join(f"{i} {j}" for i, j in p.track)
+            f.write(" ".join([str(p.point_id), *map(r, p.xyz), "128 128 128", "0.5", track]).rstrip() + "\n")
+
+
+def write_binary_model(folder: Path, model: Model) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "cameras.bin", "wb") as f:
+        f.write(struct.pack("<Q", len(model.cameras)))
+        for c in model.cameras:
+            f.write(struct.pack("<IiQQ", c.camera_id, _MODEL_IDS[c.model], c.width, c.height))
+            f.write(struct.pack(f"<{len(c.params)}d", *c.params))
+    with open(folder / "images.bin", "wb") as f:
+        f.write(struct.pack("<Q", len(model.images)))
+        for im in model.images:
+            f.write(struct.pack("<I4d3dI", im.image_id, *im.qvec, *im.tvec, im.camera_id))
+            f.write(im.name.encode() + b"\0")
+            f.write(struct.pack("<Q", len(im.points2d)))
+            for x, y, pid in im.points2d:
+                f.write(struct.pack("<ddq", x, y, pid))
+    with open(folder / "points3D.bin", "wb") as f:
+        f.write(struct.pack("<Q", len(model.points)))
+        for p in model.points:
+            f.write(struct.pack("<Q3d3Bd", p.point_id, *p.xyz, 128, 128, 128, 0.5))
+            f.write(struct.pack("<Q", len(p.track)))
+            for i, j in p.track:
+                f.write(struct.pack("<II", i, j))
+
+
+# --------------------------------------------------------------------------------------------
+# The synthetic model: known cameras, poses and points; observations by COLMAP's projection.
+
+
+def colmap_project(cam: Cam, R: np.ndarray, t: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) pixels (COLMAP: top-left pixel centre at (0.5, 0.5)) and (N,) depths of world points X.
+
+    COLMAP's models, written out: normalized u = x/z, v = y/z; SIMPLE_RADIAL adds u * k r2,
+    RADIAL u * (k1 r2 + k2 r2^2), OPENCV the same plus the tangential terms; then f u + c.
+    """
+    Xc = X @ R.T + t
+    u, v = Xc[:, 0] / Xc[:, 2], Xc[:, 1] / Xc[:, 2]
+    r2 = u * u + v * v
+    p = cam.params
+    if cam.model == "SIMPLE_PINHOLE":
+        fx = fy = p[0]
+        cx, cy = p[1:3]
+        du = dv = 0.0
+    elif cam.model == "PINHOLE":
+        fx, fy, cx, cy = p
+        du = dv = 0.0
+    elif cam.model == "SIMPLE_RADIAL":
+        fx = fy = p[0]
+        cx, cy, k = p[1:]
+        du, dv = u * k * r2, v * k * r2
+    elif cam.model == "RADIAL":
+        fx = fy = p[0]
+        cx, cy, k1, k2 = p[1:]
+        radial = k1 * r2 + k2 * r2 * r2
+        du, dv = u * radial, v * radial
+    else:
+        fx, fy, cx, cy, k1, k2, p1, p2 = p
+        radial = k1 * r2 + k2 * r2 * r2
+        du = u * radial + 2 * p1 * u * v + p2 * (r2 + 2 * u * u)
+        dv = v * radial + 2 * p2 * u * v + p1 * (r2 + 2 * v * v)
+    return np.stack([fx * (u + du) + cx, fy * (v + dv) + cy], axis=1), Xc[:, 2]
+
+
+CAMERAS = [
+    Cam(1, "PINHOLE", 40, 30, (38.0, 41.0, 20.5, 14.25)),
+    Cam(2, "SIMPLE_PINHOLE", 36, 36, (40.0, 17.5, 18.5)),
+    Cam(3, "SIMPLE_RADIAL", 40, 32, (39.0, 20.0, 16.0, -0.08)),
+    Cam(4, "RADIAL", 32, 40, (42.0, 16.25, 19.75, 0.05, -0.02)),
+    Cam(5, "OPENCV", 44, 34, (40.0, 39.0, 22.0, 17.0, -0.1, 0.03, 0.002, -0.003)),
+]
+
+
+def build_model(n_points: int = 80, seed: int = 0) -> Model:
+    """Six images (camera 1 used twice, ids not contiguous), points in a ball of radius 0.6.
+
+    Image 13's quaternion is written with negative w (the same rotation as +q).
+    """
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_points, 3))
+    X *= (0.6 * rng.random(n_points) ** (1 / 3) / np.linalg.norm(X, axis=1))[:, None]
+    X += np.array([0.3, -0.2, 0.1])  # not centred at the origin
+    cam_of = [1, 2, 3, 4, 5, 1]
+    ids = [3, 7, 13, 20, 21, 40]
+    images, c2ws = [], {}
+    points = [Pt(100 + k, tuple(X[k].tolist())) for k in range(n_points)]
+    by_id = {c.camera_id: c for c in CAMERAS}
+    for n, (image_id, cam_id) in enumerate(zip(ids, cam_of, strict=True)):
+        theta = 2 * np.pi * n / len(ids)
+        eye = 3.5 * np.array([np.cos(theta), np.sin(theta), 0.4 * (-1) ** n])
+        c2w = look_at(eye, np.array([0.3, -0.2, 0.1]))
+        R, t = c2w[:3, :3].T, -c2w[:3, :3].T @ c2w[:3, 3]
+        x, y, z, w = Rotation.from_matrix(R).as_quat()  # scipy: scalar last
+        q = np.array([w, x, y, z])
+        if (image_id == 13) == (q[0] > 0):
+            q = -q
+        name = f"view_{n:02d}.png" if n != 4 else "sub/view_04.png"
+        c2ws[name] = c2w
+        uv, depth = colmap_project(by_id[cam_id], R, t, X)
+        im = Img(image_id, tuple(q.tolist()), tuple(t.tolist()), cam_id, name)
+        for k in range(n_points):
+            assert depth[k] > 0
+            im.points2d.append((float(uv[k, 0]), float(uv[k, 1]), points[k].point_id))
+            points[k].track.append((image_id, k))
+        images.append(im)
+    # A point without a track (as COLMAP writes after filtering), and a 2D point without a 3D point.
+    points.append(Pt(999, (50.0, 50.0, 50.0)))
+    images[0].points2d.append((1.5, 2.5, -1))
+    return Model(CAMERAS, images, points, c2ws)
+
+
+def write_scene(root: Path, kind: str = "text", model: Model | None = None, model_dir: str = "sparse/0") -> Model:
+    """A COLMAP scene folder: images/ (sized as their cameras) and the model in ``root/model_dir``."""
+    model = build_model() if model is None else model
+    by_id = {c.camera_id: c for c in model.cameras}
+    for im in model.images:
+        cam = by_id[im.camera_id]
+        path = root / "images" / im.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(path, np.full((cam.height, cam.width, 3), 90 + im.image_id, dtype=np.uint8))
+    (write_text_model if kind == "text" else write_binary_model)(root / model_dir, model)
+    return model
+
+
+def _observations(model: Model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per image name: ((N, 3) world points, (N, 2) stored pixels) of its observations with a 3D point."""
+    xyz = {p.point_id: p.xyz for p in model.points}
+    out = {}
+    for im in model.images:
+        obs = [(xyz[pid], (x, y)) for x, y, pid in im.points2d if pid >= 0]
+        out[im.name] = (np.array([o[0] for o in obs]), np.array([o[1] for o in obs]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Poses, pixels, distortion.
+
+
+@pytest.mark.parametrize("kind", ["text", "binary"])
+def test_loaded_cameras_reproject_the_stored_observations(tmp_path, kind):
+    model = write_scene(tmp_path, kind)
+    scene = load_scene(tmp_path)
+    assert scene.format == "colmap" and len(scene.views) == 6
+    assert [v.name for v in scene.views] == sorted(Path(im.name).with_suffix("").as_posix() for im in model.images)
+    obs = _observations(model)
+    for view in scene.views:
+        X, uv_file = obs[view.image_path.relative_to(tmp_path / "images").as_posix()]
+        dist = None if view.distortion is None else torch.as_tensor(view.distortion)
+        uv, depth = project_points(torch.as_tensor(X), torch.as_tensor(view.K), torch.as_tensor(view.c2w), dist)
+        assert bool((depth > 0).all())
+        # COLMAP and neus2cli both put the top-left pixel's centre at (0.5, 0.5): no offset. The
+        # stored pixels are float64 values of the same projection, so they agree to rounding
+        # (~1e-13 px); 1e-6 px leaves room for the quaternion round trip (~1e-15 relative).
+        np.testing.assert_allclose(uv.numpy(), uv_file, atol=1e-6, rtol=0)
+
+
+def test_poses_are_the_known_cameras_including_negative_w(tmp_path):
+    model = write_scene(tmp_path, "binary")
+    assert next(im for im in model.images if im.image_id == 13).qvec[0] < 0
+    assert sum(im.qvec[0] > 0 for im in model.images) >= 1
+    scene = load_scene(tmp_path)
+    for view in scene.views:
+        known = model.c2w[view.image_path.relative_to(tmp_path / "images").as_posix()]
+        # float64 quaternion <-> matrix round trips are exact to ~1e-15; the translation is ~3.5.
+        np.testing.assert_allclose(view.c2w, known, atol=1e-12, rtol=0)
+
+
+def test_quaternion_conversion():
+    # 90 degrees about z: (w, z) = (cos 45, sin 45) rotates x onto y.
+    q = (np.sqrt(0.5), 0.0, 0.0, np.sqrt(0.5))
+    np.testing.assert_allclose(qvec_to_rotation(q), [[0, -1, 0], [1, 0, 0], [0, 0, 1]], atol=1e-15)
+    np.testing.assert_array_equal(qvec_to_rotation(q), qvec_to_rotation(tuple(-x for x in q)))
+    # Not unit length: normalized first.
+    np.testing.assert_allclose(qvec_to_rotation(tuple(3 * x for x in q)), qvec_to_rotation(q), atol=1e-15)
+    # World-to-camera x_cam = R x + t: the camera centre is -R^T t, and it maps to x_cam = 0.
+    t = np.array([1.0, 2.0, 3.0])
+    c2w = colmap_pose_to_c2w(q, t)
+    R = qvec_to_rotation(q)
+    np.testing.assert_allclose(R @ c2w[:3, 3] + t, 0.0, atol=1e-15)
+    np.testing.assert_allclose(c2w[:3, :3], R.T, atol=0)
+    with pytest.raises(ValueError, match="zero"):
+        qvec_to_rotation((0.0, 0.0, 0.0, 0.0))
+
+
+def test_camera_models_map_to_K_and_distortion(tmp_path):
+    write_scene(tmp_path, "text")
+    scene = load_scene(tmp_path)
+    by_name = {v.name: v for v in scene.views}
+    expected = {
+        "view_00": ([[38.0, 0, 20.5], [0, 41.0, 14.25]], None),  # PINHOLE
+        "view_01": ([[40.0, 0, 17.5], [0, 40.0, 18.5]], None),  # SIMPLE_PINHOLE
+        "view_02": ([[39.0, 0, 20.0], [0, 39.0, 16.0]], [-0.08, 0, 0, 0]),  # SIMPLE_RADIAL
+        "view_03": ([[42.0, 0, 16.25], [0, 42.0, 19.75]], [0.05, -0.02, 0, 0]),  # RADIAL
+        "sub/view_04": ([[40.0, 0, 22.0], [0, 39.0, 17.0]], [-0.1, 0.03, 0.002, -0.003]),  # OPENCV
+        "view_05": ([[38.0, 0, 20.5], [0, 41.0, 14.25]], None),  # camera 1 again
+    }
+    for name, (K2, dist) in expected.items():
+        view = by_name[name]
+        np.testing.assert_array_equal(view.K, np.array([*K2, [0, 0, 1.0]]))
+        if dist is None:
+            assert view.distortion is None
+        else:
+            np.testing.assert_array_equal(view.distortion, dist)
+    assert (by_name["sub/view_04"].width, by_name["sub/view_04"].height) == (44, 34)
+
+
+def test_text_and_binary_give_identical_scenes(tmp_path):
+    write_scene(tmp_path / "t", "text")
+    write_scene(tmp_path / "b", "binary")
+    a, b = load_scene(tmp_path / "t"), load_scene(tmp_path / "b")
+    assert len(a.views) == len(b.views)
+    for va, vb in zip(a.views, b.views, strict=True):
+        assert va.name == vb.name and (va.width, va.height) == (vb.width, vb.height)
+        assert va.image_path.relative_to(tmp_path / "t") == vb.image_path.relative_to(tmp_path / "b")
+        np.testing.assert_array_equal(va.K, vb.K)
+        np.testing.assert_array_equal(va.c2w, vb.c2w)
+        assert (va.distortion is None) == (vb.distortion is None)
+        if va.distortion is not None:
+            np.testing.assert_array_equal(va.distortion, vb.distortion)
+    assert a.normalization.to_dict() == b.normalization.to_dict()
+    assert a.split == b.split == {"train": list(range(6)), "test": []}
+
+
+def test_normalization_fits_the_well_seen_points_into_the_cube(tmp_path):
+    model = write_scene(tmp_path, "binary")
+    n = load_scene(tmp_path).normalization
+    pts = np.array([p.xyz for p in model.points if p.track])
+    inside = n.world_to_normalized(pts)
+    # The 1-99% box grown by 10% holds all but the extreme points of a ball; its centre is the cube's.
+    assert np.mean(np.all((inside > 0) & (inside < 1), axis=1)) > 0.95
+    box = np.percentile(pts, [1, 99], axis=0)
+    np.testing.assert_allclose(n.world_to_normalized(box.mean(axis=0)), 0.5, atol=1e-12)
+    assert np.isclose(((box[1] - box[0]).max() * 1.1) * n.scale, 1.0)
+    # The trackless outlier at (50, 50, 50) is ignored.
+    assert np.all(n.world_to_normalized(np.array([50.0, 50, 50])) > 10)
+
+
+# --------------------------------------------------------------------------------------------
+# Layouts, masks, detection.
+
+
+@pytest.mark.parametrize("model_dir", ["sparse/0", "sparse", "."])
+def test_detected_in_every_layout(tmp_path, model_dir):
+    write_scene(tmp_path, "text", model_dir=model_dir)
+    kind, files = detect_format(tmp_path)
+    assert kind == "colmap" and files == [(tmp_path, None)]
+    assert not is_dynamic_dir(tmp_path)
+    assert len(load_scene(tmp_path).views) == 6
+
+
+def test_masks_warnings_and_test_views(tmp_path):
+    model = write_scene(tmp_path, "text")
+    (tmp_path / "images" / "unposed.png").write_bytes((tmp_path / "images" / "view_00.png").read_bytes())
+    write_text_model(tmp_path / "sparse" / "1", model)
+    by_id = {c.camera_id: c for c in model.cameras}
+    for k, im in enumerate(model.images):
+        cam = by_id[im.camera_id]
+        stem = Path(im.name).with_suffix("")
+        # Same name, another extension, or COLMAP's NAME.png.
+        mask_name = {0: im.name, 1: f"{stem}.jpg", 2: f"{im.name}.png"}.get(k % 3)
+        mask = tmp_path / "masks" / mask_name
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(mask, np.full((cam.height, cam.width), 255, dtype=np.uint8))
+    scene = load_scene(tmp_path, test_views=[1, 4])
+    assert all(v.mask_path is not None and v.mask_path.is_file() for v in scene.views)
+    assert scene.split == {"train": [0, 2, 3, 5], "test": [1, 4]}
+    text = " ".join(scene.warnings)
+    assert "unposed.png" in text and "sparse/1" in text
+    assert validate_scene(scene, progress=False) is not None  # images and masks decode, sizes agree
+    (tmp_path / "masks" / "view_03.png").unlink()
+    with pytest.raises(UserError, match="have no mask: view_03.png") as err:
+        load_scene(tmp_path)
+    assert str(tmp_path / "masks") in str(err.value)
+
+
+def test_inspect_reads_a_colmap_scene(tmp_path, capsys):
+    write_scene(tmp_path, "binary")
+    assert run_cli(["inspect", str(tmp_path), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"format": "colmap"' in out and '"n_distorted": 3' in out
+
+
+def test_generated_scene_exported_as_colmap_loads_to_the_same_cameras(tmp_path):
+    from tests.scenes import static_scene
+
+    original = load_scene(static_scene(tmp_path / "gen", views=6, size=32))
+    root = tmp_path / "colmap"
+    cams, imgs = [], []
+    for i, view in enumerate(original.views):
+        K = view.K  # centres at +0.5 in both conventions: written unchanged
+        cams.append(Cam(i + 1, "PINHOLE", view.width, view.height, (K[0, 0], K[1, 1], K[0, 2], K[1, 2])))
+        R = view.c2w[:3, :3].T
+        x, y, z, w = Rotation.from_matrix(R).as_quat()
+        name = view.image_path.relative_to(original.root).as_posix()  # train/0000.png, test/0000.png
+        imgs.append(Img(i + 1, (w, x, y, z), tuple((-R @ view.c2w[:3, 3]).tolist()), i + 1, name))
+        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(view.image_path, root / "images" / name)
+    rng = np.random.default_rng(1)
+    pts = [Pt(k, tuple(rng.uniform(-0.9, 0.9, 3).tolist()), [(1, 0), (2, 0), (3, 0)]) for k in range(50)]
+    write_binary_model(root / "sparse" / "0", Model(cams, imgs, pts, {}))
+    loaded = load_scene(root)
+    by_path = {v.image_path.relative_to(root / "images"): v for v in loaded.views}
+    for view in original.views:
+        got = by_path[view.image_path.relative_to(original.root)]
+        np.testing.assert_allclose(got.K, view.K, atol=1e-12, rtol=0)
+        # Matrix -> quaternion -> matrix in float64: ~1e-15.
+        np.testing.assert_allclose(got.c2w, view.c2w, atol=1e-12, rtol=0)
+    assert validate_scene(loaded, progress=False) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Malformed input: a UserError that names the file.
+
+
+def _truncate(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("stem", ["cameras", "images", "points3D"])
+def test_truncated_binary_files(tmp_path, stem):
+    write_scene(tmp_path, "binary")
+    path = tmp_path / "sparse" / "0" / f"{stem}.bin"
+    _truncate(path, path.stat().st_size - 5)
+    with pytest.raises(UserError, match="truncated") as err:
+        load_scene(tmp_path)
+    assert str(path) in str(err.value)
+
+
+def test_binary_count_larger_than_the_file(tmp_path):
+    write_scene(tmp_path, "binary")
+    path = tmp_path / "sparse" / "0" / "points3D.bin"
+    data = bytearray(path.read_bytes())
+    data[:8] = struct.pack("<Q", 2**62)
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="truncated") as err:
+        load_scene(tmp_path)
+    assert str(path) in str(err.value)
+
+
+def test_binary_trailing_bytes_and_unknown_model_id(tmp_path):
+    write_scene(tmp_path, "binary")
+    path = tmp_path / "sparse" / "0" / "cameras.bin"
+    good = path.read_bytes()
+    path.write_bytes(good + b"\0\0\0")
+    with pytest.raises(UserError, match="3 bytes follow the last record") as err:
+        load_scene(tmp_path)
+    assert str(path) in str(err.value)
+    data = bytearray(good)
+    data[12:16] = struct.pack("<i", 77)  # first camera's model id, after the count and camera_id
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="unknown camera model id 77") as err:
+        load_scene(tmp_path)
+    assert str(path) in str(err.value)
+
+
+def test_bad_model_name_and_unsupported_model(tmp_path):
+    write_scene(tmp_path, "text")
+    path = tmp_path / "sparse" / "0" / "cameras.txt"
+    text = path.read_text()
+    path.write_text(text.replace("SIMPLE_RADIAL", "SIMPLE_RADIALX"))
+    with pytest.raises(UserError, match="line 5: unknown camera model 'SIMPLE_RADIALX'") as err:
+        load_scene(tmp_path)
+    assert str(path) in str(err.value)
+    path.write_text(text.replace("SIMPLE_RADIAL 40 32 39.0", "SIMPLE_RADIAL_FISHEYE 40 32 39.0"))
+    with pytest.raises(UserError, match="SIMPLE_RADIAL_FISHEYE model, which neus2cli does not support") as err:
+        load_scene(tmp_path)
+    assert str(path) in str(err.value) and "image_undistorter" in str(err.value)
+    path.write_text(text.replace("38.0 41.0 20.5 14.25", "38.0 41.0 20.5"))
+    with pytest.raises(UserError, match="line 3: PINHOLE takes 4 parameters, got 3") as err:
+        load_scene(tmp_path)
+
+
+def test_missing_and_malformed_text_files(tmp_path):
+    write_scene(tmp_path, "text")
+    images = tmp_path / "sparse" / "0" / "images.txt"
+    text = images.read_text()
+    images.unlink()
+    assert detect_format(tmp_path)[0] == "colmap"  # cameras.txt alone marks the model
+    with pytest.raises(UserError, match="is missing") as err:
+        load_scene(tmp_path)
+    assert str(images) in str(err.value)
+    images.write_text(text.replace(" 1 view_00.png", " x view_00.png"))
+    with pytest.raises(UserError, match="line 3: a field is not a number") as err:
+        load_scene(tmp_path)
+    assert str(images) in str(err.value)
+    images.write_text(text.replace(" 1 view_00.png", " 9 view_00.png"))
+    with pytest.raises(UserError, match="uses camera 9") as err:
+        load_scene(tmp_path)
+    assert str(images) in str(err.value)
+
+
+def test_image_missing_from_images_folder(tmp_path):
+    write_scene(tmp_path, "binary")
+    (tmp_path / "images" / "sub" / "view_04.png").unlink()
+    with pytest.raises(UserError, match="1 of the model's 6 images are not in images/: sub/view_04.png"):
+        load_scene(tmp_path)
+
+
+def test_no_images_folder_and_no_points(tmp_path):
+    model = write_scene(tmp_path, "text")
+    shutil.rmtree(tmp_path / "images")
+    with pytest.raises(UserError, match="no images/ folder"):
+        load_scene(tmp_path)
+    write_scene(tmp_path, "text", Model(model.cameras, model.images, [], model.c2w))
+    with pytest.raises(UserError, match="0 usable 3D points") as err:
+        load_scene(tmp_path)
+    assert "points3D.txt" in str(err.value)
