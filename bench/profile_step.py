@@ -77,8 +77,13 @@ def trace_steps(trainer: NeuSTrainer, n_steps: int, top: int = 25) -> dict:
     kernels = [e for e in events if cuda and e.device_type == DeviceType.CUDA and not e.is_user_annotation]
     kernel_us = sum(e.self_device_time_total for e in kernels)
     n_kernels = sum(e.count for e in kernels)
+    by_time = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:40]
     return {
         "steps": n_steps,
+        "top_kernels": [
+            {"name": e.key[:120], "per_step": e.count / n_steps, "ms_per_step": e.self_device_time_total / 1e3 / n_steps}
+            for e in by_time
+        ],
         "wall_ms_per_step": wall_ms,
         "kernel_ms_per_step": kernel_us / 1e3 / n_steps,
         "device_busy_fraction": (kernel_us / 1e3 / n_steps) / wall_ms if cuda else None,

@@ -87,6 +87,11 @@ def test_output_contract_and_frame_rebuild(incremental, tmp_path):
         fdir = run_dir / "frames" / f"{k:04d}"
         assert (fdir / "mesh.ply").is_file() and (fdir / "field.bin").is_file()
         assert np.asarray(json.loads((fdir / "transform.json").read_text())["world_to_canonical"]).shape == (4, 4)
+    # The contact sheet of the frames: a valid PNG.
+    from PIL import Image
+
+    with Image.open(run_dir / "contact_sheet.png") as sheet:
+        assert sheet.format == "PNG" and min(sheet.size) > 100
     # Later frames are deltas against the previous one and cost much less than the first.
     assert saved["frames"][2]["stored_bytes"] < 0.5 * saved["frames"][0]["stored_bytes"]
     # Frame 2 rebuilt from frame 0 + two deltas gives the mesh that training wrote (same lattice size).

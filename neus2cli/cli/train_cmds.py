@@ -250,3 +250,4 @@ def train_dynamic_cmd(
         f"[green]done[/green] {run_dir}  frames={metrics['n_frames']}  "
         f"first={_fmt(metrics['first_frame_seconds'])}s  later={_fmt(metrics['mean_seconds_after_first'])}s/frame"
     )
+    console.print(f"contact sheet: {escape(str(run_dir / 'contact_sheet.png'))}")

@@ -38,11 +38,13 @@ from neus2cli.data.loader import load_dynamic_scene
 from neus2cli.data.scene import DynamicScene, Normalization, Scene
 from neus2cli.errors import UserError
 from neus2cli.export.mesh import save_mesh
+from neus2cli.export.raster import up_from_cameras
 from neus2cli.train.checkpoint import load_checkpoint, save_checkpoint
 from neus2cli.train.frames import KEYFRAME_EVERY, field_state, frame_dir, store_field
 from neus2cli.train.outputs import TrainedField, image_metrics, mesh_of_field, render_views
 from neus2cli.train.pixels import PixelBank
 from neus2cli.train.pose import PoseOptimizer
+from neus2cli.train.preview import SheetFrame, write_contact_sheet
 from neus2cli.train.rigid import FrameToCanonical, world_to_canonical_world
 from neus2cli.train.run import (
     RESUMES_FILE,
@@ -56,6 +58,8 @@ from neus2cli.train.run import (
     write_json,
 )
 from neus2cli.train.trainer import DivergenceError, NeuSTrainer, TrainingInterrupted
+
+CONTACT_SHEET = "contact_sheet.png"  # every frame's mesh with its test PSNR, written at the end
 
 MODES = ("incremental", "per-frame")
 RESUME_POINT = "state/last.pt"
@@ -445,6 +449,8 @@ def _train_frames(
         done = indices.index(int(state["last_index"]))
         if done == len(indices) - 1:
             log.info(f"the run in {out_dir} is already complete ({len(indices)} frames); nothing to do.")
+            if not (out_dir / CONTACT_SHEET).exists():  # a run of an older version, or interrupted here
+                write_sequence_sheet(out_dir, run.records, sequence.frames[indices[0]])
             return out_dir, _summary(run.records, mode, compute.backend)
         log.info(f"resuming after frame {state['last_index']:04d}")
     for pos in range(done + 1, len(indices)):
@@ -455,4 +461,17 @@ def _train_frames(
         run.records.append(record)
         run.save_state(index)
         write_json(out_dir / "metrics.json", _summary(run.records, mode, compute.backend))
+    write_sequence_sheet(out_dir, run.records, sequence.frames[indices[0]])
     return out_dir, _summary(run.records, mode, compute.backend)
+
+
+def write_sequence_sheet(out_dir: Path, records: list[dict], first: Scene) -> Path:
+    """``contact_sheet.png``: every frame's mesh (evenly spaced beyond the sheet's limit) with its test PSNR,
+    drawn with the first frame's cameras' up direction."""
+    frames = [
+        SheetFrame(r["index"], frame_dir(out_dir, r["index"]) / "mesh.ply", r.get("psnr_test"))
+        for r in records
+        if (frame_dir(out_dir, r["index"]) / "mesh.ply").exists()
+    ]
+    up = up_from_cameras(np.stack([v.c2w for v in first.views]))
+    return write_contact_sheet(out_dir / CONTACT_SHEET, frames, up=up, title=f"{out_dir.name}: {len(frames)} frames")
