@@ -20,6 +20,7 @@ from neus2cli.backends import Backend, RequestedBackend, resolve_backend
 
 CompositeImpl = Literal["nerfacc", "torch"]
 MarchImpl = Literal["triton", "torch"]
+KernelImpl = Literal["triton", "torch"]
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,16 @@ class Compute:
         return "nerfacc" if self.backend == "tcnn" else "torch"
 
     @property
-    def march_impl(self) -> MarchImpl:
-        """Ray marcher (``render.march``): the Triton kernel with tcnn (Triton ships with PyTorch's
-        CUDA builds), else its PyTorch twin."""
+    def kernel_impl(self) -> KernelImpl:
+        """The project's own kernels (the ray marcher ``render.march``, the SDF MLP
+        ``model.sdf_mlp``): Triton with tcnn (Triton ships with PyTorch's CUDA builds), else their
+        PyTorch twins."""
         return "triton" if self.backend == "tcnn" else "torch"
+
+    @property
+    def march_impl(self) -> MarchImpl:
+        """Ray marcher (``render.march``): ``kernel_impl``."""
+        return self.kernel_impl
 
     @classmethod
     def cpu(cls) -> Compute:

@@ -120,7 +120,8 @@ def test_model_closed_form_equals_autograd_float64():
         params = [p for p in model.parameters()]
         grads = torch.autograd.grad(loss, params + [shift])
         results.append((sdf, grad, outputs, grads))
-        h = model.sdf_net.hidden(torch.cat([x - 0.5, model.sdf_net._features(x)], -1))
+        features = model.sdf_net.encoding(x).to(torch.float64) * model.sdf_net.level_mask
+        h = model.sdf_net.hidden(torch.cat([x - 0.5, features], -1))
         assert 0.2 < (h > 0).double().mean() < 0.8  # both ReLU signs present
     (sdf_a, grad_a, out_a, grads_a), (sdf_b, grad_b, out_b, grads_b) = results
     # Same float64 maths in a different order: relative differences are ~1e-15; grads of params

@@ -15,7 +15,8 @@ from neus2cli.compute import Compute
 from neus2cli.config import ModelConfig
 from neus2cli.model.encoding import HashGridConfig, level_feature_mask, make_hash_grid
 from neus2cli.model.mlp import make_mlp
-from neus2cli.model.sdf_mlp import sdf_mlp_with_gradient
+from neus2cli.model.sdf_mlp import Impl as MLPImpl
+from neus2cli.model.sdf_mlp import sdf_mlp_fused, sdf_mlp_value
 from neus2cli.model.sh import make_sh_encoding
 
 
@@ -40,9 +41,11 @@ class SDFNetwork(nn.Module):
 
     ``cfg.sdf_gradient`` picks how :meth:`sdf_and_gradient` differentiates: "closed_form" (the
     MLP's part in closed form, :mod:`neus2cli.model.sdf_mlp`) or "autograd" (the reference).
+    ``mlp_impl`` runs that MLP as the PyTorch twin ("torch") or as Triton kernels ("triton",
+    ``Compute.kernel_impl`` on the tcnn path).
     """
 
-    def __init__(self, cfg: ModelConfig, backend: str):
+    def __init__(self, cfg: ModelConfig, backend: str, mlp_impl: MLPImpl = "torch"):
         super().__init__()
         self.grid_config = hash_grid_config(cfg)
         self.encoding = make_hash_grid(self.grid_config, backend)
@@ -53,6 +56,9 @@ class SDFNetwork(nn.Module):
         if cfg.sdf_gradient not in ("closed_form", "autograd"):
             raise ValueError(f"sdf_gradient must be 'closed_form' or 'autograd', got {cfg.sdf_gradient!r}")
         self.sdf_gradient = cfg.sdf_gradient
+        if mlp_impl not in ("torch", "triton"):
+            raise ValueError(f"mlp_impl must be 'torch' or 'triton', got {mlp_impl!r}")
+        self.mlp_impl = mlp_impl
         self.hidden = nn.Linear(3 + n_enc, cfg.sdf_hidden, bias=False)
         self.out = nn.Linear(cfg.sdf_hidden, cfg.sdf_outputs, bias=False)
         self.register_buffer("level_mask", torch.ones(n_enc))
@@ -74,16 +80,12 @@ class SDFNetwork(nn.Module):
     def active_levels(self) -> int:
         return int(self.level_mask.reshape(self.n_levels, -1)[:, 0].sum().item())
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        # tcnn's fp16 features become the MLP's dtype (float32; float64 for a .double() torch model);
-        # the mask multiplies before the MLP so masked levels get no gradient.
-        return self.encoding(x).to(self.hidden.weight.dtype) * self.level_mask
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, 3) normalized -> sdf (N,), outputs (N, sdf_outputs) (channel 0 without the bias)."""
-        features = self._features(x)
-        h = torch.relu(self.hidden(torch.cat([x - 0.5, features], dim=-1)))
-        out = self.out(h)
+        # The level mask multiplies the features before the MLP, so masked levels get no gradient.
+        out = sdf_mlp_value(
+            x, self.encoding(x), self.level_mask, self.hidden.weight, self.out.weight, impl=self.mlp_impl
+        )
         return out[:, 0] + self.sdf_bias, out
 
     def sdf_and_gradient(self, x: torch.Tensor, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,16 +101,18 @@ class SDFNetwork(nn.Module):
                 sdf, outputs = self(x)
                 (grad,) = torch.autograd.grad(sdf, x, torch.ones_like(sdf), create_graph=create_graph)
                 return sdf, grad, outputs
-            features = self._features(x)
-            outputs, g = sdf_mlp_with_gradient(
-                torch.cat([x - 0.5, features], dim=-1), self.hidden.weight, self.out.weight
+            features = self.encoding(x)
+            outputs, g_x, g_features = sdf_mlp_fused(
+                x, features, self.level_mask, self.hidden.weight, self.out.weight, impl=self.mlp_impl
             )
             if not create_graph:
-                g = g.detach()
+                g_x, g_features = g_x.detach(), g_features.detach()
             # The hash grid's Jacobian (and, with create_graph, its second-order term) is the only
             # generic part left. allow_unused: tcnn's encoding of zero points does not read x.
-            (grad_features,) = torch.autograd.grad(features, x, g[:, 3:], create_graph=create_graph, allow_unused=True)
-        grad = g[:, :3] if grad_features is None else g[:, :3] + grad_features
+            (grad_features,) = torch.autograd.grad(
+                features, x, g_features.to(features.dtype), create_graph=create_graph, allow_unused=True
+            )
+        grad = g_x if grad_features is None else g_x + grad_features.to(g_x.dtype)
         return outputs[:, 0] + self.sdf_bias, grad, outputs
 
 
@@ -138,7 +142,7 @@ class NeuSModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig, compute: Compute):
         super().__init__()
-        self.sdf_net = SDFNetwork(cfg, compute.backend)
+        self.sdf_net = SDFNetwork(cfg, compute.backend, compute.kernel_impl)
         self.color_net = ColorNetwork(cfg, compute.backend)
         self.variance = nn.Parameter(torch.tensor(float(cfg.init_variance)))
         self.to(compute.device)

@@ -20,8 +20,19 @@ differentiated (``gradgradcheck``); at the kinks W1 u = 0 the derivatives are th
 
 from __future__ import annotations
 
+import importlib
+import os
+from types import ModuleType
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from neus2cli.errors import DependencyError
+
+Impl = Literal["torch", "triton"]
 
 
 class _SDFMLPWithGradient(torch.autograd.Function):
@@ -84,3 +95,106 @@ def sdf_mlp_with_gradient(inp: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor)
             f"expected inp (N, D), w1 (H, D), w2 (O, H); got {tuple(inp.shape)}, {tuple(w1.shape)}, {tuple(w2.shape)}"
         )
     return _SDFMLPWithGradient.apply(inp, w1, w2)
+
+
+# --------------------------------------------------------------------------- split inputs, fused kernel
+
+
+def _check_split(x: Tensor, features: Tensor, level_mask: Tensor, w1: Tensor, w2: Tensor) -> None:
+    n = x.shape[0]
+    if x.ndim != 2 or x.shape[1] != 3 or features.ndim != 2 or features.shape[0] != n:
+        raise ValueError(f"expected x (N, 3) and features (N, F); got {tuple(x.shape)}, {tuple(features.shape)}")
+    n_features = features.shape[1]
+    if level_mask.shape != (n_features,):
+        raise ValueError(f"level_mask must have shape ({n_features},), got {tuple(level_mask.shape)}")
+    if w1.ndim != 2 or w1.shape[1] != 3 + n_features or w2.ndim != 2 or w2.shape[1] != w1.shape[0]:
+        raise ValueError(f"expected w1 (H, {3 + n_features}) and w2 (O, H); got {tuple(w1.shape)}, {tuple(w2.shape)}")
+
+
+def _triton_module(x: Tensor) -> ModuleType:
+    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {x.device}")
+    try:
+        return importlib.import_module("neus2cli.model.sdf_mlp_triton")
+    except ImportError as exc:
+        raise DependencyError(
+            f"impl='triton' needs the triton package: {exc}.",
+            hint="Install the triton that matches your torch (pip install triton), or use impl='torch'.",
+        ) from exc
+
+
+class _FusedSDFMLP(torch.autograd.Function):
+    """The Triton kernels behind an autograd node (first order: training never differentiates its backward)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, features: Tensor, level_mask: Tensor, w1: Tensor, w2: Tensor):
+        kernels = _triton_module(x)
+        out, g_x, g_f = kernels.forward(x, features, level_mask, w1, w2, with_grad=True)
+        ctx.save_for_backward(x, features, level_mask, w1, w2)
+        ctx.set_materialize_grads(False)
+        return out, g_x, g_f
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out: Tensor | None, d_gx: Tensor | None, d_gf: Tensor | None):
+        x, features, level_mask, w1, w2 = ctx.saved_tensors
+        need_x, need_f, _, need_w1, need_w2 = ctx.needs_input_grad
+        d_x, d_f, d_w1, d_w2 = _triton_module(x).backward(
+            x, features, level_mask, w1, w2, d_out, d_gx, d_gf, need_x or need_f, need_w1 or need_w2
+        )
+        return (d_x if need_x else None, d_f if need_f else None, None, d_w1 if need_w1 else None,
+                d_w2 if need_w2 else None)  # fmt: skip
+
+
+def sdf_mlp_fused(
+    x: Tensor, features: Tensor, level_mask: Tensor, w1: Tensor, w2: Tensor, *, impl: Impl = "torch"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The SDF MLP on ``u = [x - 0.5, features * level_mask]``, with its input gradient split by input.
+
+    ``impl="torch"`` is the twin (``torch.cat`` + :func:`sdf_mlp_with_gradient`, differentiable to
+    any order); ``impl="triton"`` runs ``neus2cli.model.sdf_mlp_triton``'s kernels (float32 weights,
+    CUDA tensors; first-order derivatives), which never write the (N, hidden) activations or ``u``.
+
+    Args:
+        x: (N, 3) points in the normalized cube.
+        features: (N, F) hash-grid features of ``x`` (float16 from tinycudann, or the weights' dtype).
+        level_mask: (F,) progressive-training mask of the features (a constant: no gradient).
+        w1: (H, 3 + F) hidden-layer weight, no bias.
+        w2: (O, H) output-layer weight, no bias; row 0 is the differentiated (SDF) channel.
+        impl: "torch" or "triton".
+
+    Returns:
+        out (N, O) in the weights' dtype; g_x (N, 3) = d out[:, 0] / d x through the MLP's direct
+        input; g_features (N, F) = d out[:, 0] / d features (``level_mask`` included), both in the
+        weights' dtype. The full d out[:, 0] / d x adds the hash grid's Jacobian applied to
+        ``g_features``.
+    """
+    _check_split(x, features, level_mask, w1, w2)
+    if impl == "triton":
+        if w1.dtype != torch.float32 or w2.dtype != torch.float32 or x.dtype != torch.float32:
+            raise ValueError(f"impl='triton' needs float32 x and weights, got {x.dtype}, {w1.dtype}, {w2.dtype}")
+        return _FusedSDFMLP.apply(x.contiguous(), features.contiguous(), level_mask.contiguous(), w1, w2)
+    if impl != "torch":
+        raise ValueError(f"impl must be 'torch' or 'triton', got {impl!r}")
+    out, g = sdf_mlp_with_gradient(torch.cat([x - 0.5, features.to(w1.dtype) * level_mask], dim=-1), w1, w2)
+    return out, g[:, :3], g[:, 3:] * level_mask
+
+
+def sdf_mlp_value(
+    x: Tensor, features: Tensor, level_mask: Tensor, w1: Tensor, w2: Tensor, *, impl: Impl = "torch"
+) -> Tensor:
+    """``out`` (N, O) of :func:`sdf_mlp_fused` alone, for evaluation without gradients.
+
+    ``impl="triton"`` runs the forward kernel only when autograd is off (``torch.no_grad``), and the
+    twin otherwise, so that a caller that differentiates the value always gets a graph.
+    """
+    _check_split(x, features, level_mask, w1, w2)
+    if impl == "triton" and not torch.is_grad_enabled() and w1.dtype == torch.float32 and x.dtype == torch.float32:
+        out, _, _ = _triton_module(x).forward(
+            x.contiguous(), features.contiguous(), level_mask.contiguous(), w1, w2, with_grad=False
+        )
+        return out
+    if impl not in ("torch", "triton"):
+        raise ValueError(f"impl must be 'torch' or 'triton', got {impl!r}")
+    h = torch.relu(F.linear(torch.cat([x - 0.5, features.to(w1.dtype) * level_mask], dim=-1), w1))
+    return F.linear(h, w2)
