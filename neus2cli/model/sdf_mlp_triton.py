@@ -14,7 +14,10 @@ maths is the twin's (``sdf_mlp.py``'s docstring); what the kernels add is that n
   result does not depend on the order in which programs finish (no atomics).
 
 Dots run in ``DOT_PRECISION``: "tf32x3" splits each float32 operand in two TF32 parts, which keeps
-float32 accuracy (~1e-6 relative) on the tensor cores. The ReLU mask is ``pre > 0`` as in the twin;
+float32 accuracy (~1e-6 relative) on the tensor cores. Plain "tf32" measured 0.65 ms faster per
+step on an H200 with the same static-benchmark accuracy, but it moves the SDF by ~1e-3 against the
+reference path and the GPU dynamic test's recovered rotation past its bound (2.01 of 2.0 degrees),
+so it is not the default (BENCHMARKS.md, 2026-12-03). The ReLU mask is ``pre > 0`` as in the twin;
 where a pre-activation rounds across zero differently, that unit's mask differs (measure-zero in
 exact arithmetic, a few units in a million here), which the GPU test's tolerance accounts for.
 
