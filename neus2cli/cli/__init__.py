@@ -22,6 +22,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain (click) help, not typer's rich panels. The panels give the help text only the width
+    # left after the widest type column (``<incremental|per-frame>``) and cut any word longer than
+    # that with "…" (paths, ``xmin,ymin,...``), list every flag as ``<bool>``, and read help
+    # strings as markup (``[default: ...]`` vanished, ``:b:`` became an emoji). Click wraps at word
+    # boundaries to the terminal width (at most 80 columns), shows flags bare and prints text as it is.
+    rich_markup_mode=None,
 )
 
 err_console = Console(stderr=True)

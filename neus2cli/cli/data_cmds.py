@@ -27,10 +27,12 @@ def _parse_indices(text: str) -> tuple[int, ...]:
     return values
 
 
-@app.command("inspect")
+@app.command("inspect", short_help="Say what is in a scene, and what is wrong with it.")
 def inspect_cmd(
     scene: Path = typer.Argument(
-        ..., help="Scene folder or JSON file (NeuS/IDR, Blender/NGP, NeuS2, COLMAP), or a dynamic-sequence folder."
+        ...,
+        metavar="SCENE",
+        help="Scene folder or JSON file (NeuS/IDR, Blender/NGP, NeuS2, COLMAP), or a dynamic-sequence folder.",
     ),
     plot: Path | None = typer.Option(
         None,
@@ -79,10 +81,12 @@ def inspect_cmd(
             console.print(f"camera plot written to {escape(desc['plot'])}", highlight=False)
 
 
-@app.command("convert-neus")
+@app.command("convert-neus", short_help="Convert a NeuS/IDR folder to the NeuS2 JSON format.")
 def convert_neus_cmd(
-    src: Path = typer.Argument(..., help="NeuS/IDR folder: cameras_sphere.npz, image/, mask/."),
-    dst: Path = typer.Argument(..., help="Output folder for the NeuS2 JSON scene (must be new or empty)."),
+    src: Path = typer.Argument(..., metavar="SRC", help="NeuS/IDR folder: cameras_sphere.npz, image/, mask/."),
+    dst: Path = typer.Argument(
+        ..., metavar="DST", help="Output folder for the NeuS2 JSON scene (must be new or empty)."
+    ),
     test_views: str | None = typer.Option(
         None,
         "--test-views",

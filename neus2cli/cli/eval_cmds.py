@@ -56,9 +56,13 @@ def _positive(name: str, value: float | None) -> None:
         raise UserError(f"{name} must be a positive number, got {value}.")
 
 
-@app.command("evaluate", help=GEOMETRY_HELP)
+@app.command(
+    "evaluate", help=GEOMETRY_HELP, short_help="Score a mesh against a ground truth, or a run's held-out views."
+)
 def evaluate(
-    target: Path = typer.Argument(..., help="Predicted mesh / point cloud, or a training run folder."),
+    target: Path = typer.Argument(
+        ..., metavar="TARGET", help="Predicted mesh / point cloud, or a training run folder."
+    ),
     gt: Path | None = typer.Option(
         None, "--gt", help="Ground-truth mesh (sampled by area) or point cloud (PLY/XYZ/NPY, used as is)."
     ),
@@ -66,6 +70,7 @@ def evaluate(
         None,
         "--threshold",
         "-t",
+        metavar="<float>",  # one value per use, not a list
         help="F-score threshold in GT units; repeat for several. Default: 1% of the GT bounding-box "
         "diagonal (1 mm with --dtu-official).",
     ),

@@ -62,9 +62,11 @@ def _interrupted_before_run() -> None:
     sys.exit(INTERRUPTED_EXIT)
 
 
-@app.command("train")
+@app.command("train", short_help="Reconstruct a static scene (one mesh).")
 def train(
-    scene: Path | None = typer.Argument(None, help="Scene folder or JSON (default: the bundled demo scene)."),
+    scene: Path | None = typer.Argument(
+        None, metavar="SCENE", help="Scene folder or JSON (default: the bundled demo scene)."
+    ),
     config: str | None = typer.Option(
         None,
         "--config",
@@ -73,7 +75,7 @@ def train(
     ),
     steps: int | None = typer.Option(None, "--steps", help="Training steps (overrides the config)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default outputs/<scene>/<timestamp>)."),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    overrides: list[str] = typer.Option([], "--set", metavar="<key=value>", help=SET_HELP),
     backend: BackendChoice | None = typer.Option(
         None, "--backend", help="Compute path (default from the config: auto)."
     ),
@@ -147,10 +149,10 @@ def _parse_bbox(text: str | None) -> np.ndarray | None:
     return np.array(vals, dtype=np.float64).reshape(2, 3)
 
 
-@app.command("export-mesh")
+@app.command("export-mesh", short_help="Extract a mesh from a run (any resolution, crop, format).")
 def export_mesh(
     checkpoint: Path = typer.Argument(
-        ..., help="A checkpoint file, a run folder, or a dynamic run folder with --frame."
+        ..., metavar="CHECKPOINT", help="A checkpoint file, a run folder, or a dynamic run folder with --frame."
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Mesh file to write (default next to the checkpoint)."),
     resolution: int = typer.Option(512, "--resolution", "-r", min=16, max=2048, help="Marching-cubes lattice size."),
@@ -183,7 +185,7 @@ def export_mesh(
     console.print(f"[green]wrote[/green] {path}")
 
 
-@app.command("doctor")
+@app.command("doctor", short_help="Say which compute path will run, and why.")
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
     """Say which compute path `auto` will use, and why."""
     from neus2cli import backends
@@ -200,16 +202,18 @@ class DynamicMode(str, Enum):
     per_frame = "per-frame"
 
 
-@app.command("train-dynamic")
+@app.command("train-dynamic", short_help="Reconstruct a multi-view video, one mesh per frame.")
 def train_dynamic_cmd(
-    scene_dir: Path = typer.Argument(..., help="Folder of per-frame JSON files (NeuS2 layout), sorted by name."),
+    scene_dir: Path = typer.Argument(
+        ..., metavar="SCENE_DIR", help="Folder of per-frame JSON files (NeuS2 layout), sorted by name."
+    ),
     config: str | None = typer.Option(None, "--config", "-c", help="Preset name or JSON file (default: base)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default outputs/<scene>/<timestamp>)."),
     mode: DynamicMode | None = typer.Option(
         None, "--mode", help="incremental (NeuS2, the default) or per-frame; a resumed run keeps its own."
     ),
     frames: str | None = typer.Option(None, "--frames", help="Frame range a:b[:step] (input order)."),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    overrides: list[str] = typer.Option([], "--set", metavar="<key=value>", help=SET_HELP),
     backend: BackendChoice | None = typer.Option(None, "--backend", help="Compute path (default from the config)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out after its last finished frame."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
