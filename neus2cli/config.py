@@ -617,6 +617,15 @@ def check_ranges(cfg: Config, source: str | None = None) -> None:
                 path=source,
                 hint="Fix the value (--set or the config file) and run again.",
             )
+    d = cfg.dynamic
+    if d.predict_global_movement and d.global_movement_steps > d.next_frame_steps:
+        # The pose phase is part of each later frame's steps: longer, and the frame's field never trains.
+        raise UserError(
+            f"config key 'dynamic.global_movement_steps' ({d.global_movement_steps}) must be <= "
+            f"dynamic.next_frame_steps ({d.next_frame_steps}): the pose phase is the start of each frame's steps.",
+            path=source,
+            hint="Raise next_frame_steps or lower global_movement_steps (--set or the config file).",
+        )
     if cfg.model.finest_resolution < cfg.model.base_resolution:
         raise UserError(
             f"config key 'model.finest_resolution' ({cfg.model.finest_resolution}) must be >= "

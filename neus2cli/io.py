@@ -3,6 +3,7 @@ an output location is writable before any expensive work."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -31,6 +32,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def read_json(path: Path, hint: str | None = None):
+    """The JSON document in ``path``; a damaged or unreadable file is a ``UserError`` naming it (with ``hint``)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot be read as JSON ({err}).", path=path, hint=hint) from None
 
 
 def check_writable(path: Path, what: str) -> None:

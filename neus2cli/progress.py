@@ -33,6 +33,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from neus2cli import log
 
@@ -196,7 +197,8 @@ class ProgressReporter:
         return (self.total - self.completed) * (now - t0) / (self.completed - done)
 
     def _print_line(self, now: float) -> None:
-        self.console.print(self.line(now), markup=False, highlight=False, soft_wrap=True)
+        # A Text: the description (a scene or frame name) is neither markup nor emoji codes (":b:").
+        self.console.print(Text(self.line(now)), highlight=False, soft_wrap=True)
         self._printed = (self.completed, self.status)
         self._t_refresh = now
 
@@ -205,10 +207,11 @@ class ProgressReporter:
         key = id(self.console)
         if key not in self._live:
             bar = Progress(
-                TextColumn("[bold]{task.description}"),
+                # Descriptions name scenes and frames (user text): shown as they are, not as markup.
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
+                TextColumn("{task.fields[status]}", markup=False),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
@@ -228,7 +231,7 @@ class ProgressReporter:
         bar.remove_task(self._task)
         members.remove(self)
         if not self.transient:
-            bar.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
+            bar.console.print(Text(self.line()), highlight=False, soft_wrap=True)
         if not members:
             bar.stop()
             del self._live[key]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable
+from collections import ChainMap
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,8 @@ class Row:
     Attributes:
         id: the pytest id (short, unique in its table).
         argv: the arguments after ``neus2``; ``{name}`` placeholders are filled from the
-            dict that ``setup`` returns, and ``{root}`` is always the row's folder.
+            dict that ``setup`` returns, then from ``run_row``'s ``shared`` inputs, and
+            ``{root}`` is always the row's folder.
         phrases: each must appear in stdout + stderr (case-insensitive, whitespace
             collapsed, since rich wraps long paragraphs).
         setup: builds the input under the row's folder; returns placeholder values.
@@ -75,11 +77,15 @@ def run_cli(argv: list[str]) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
-def run_row(row: Row, root: Path) -> CliResult:
-    """Build ``row``'s input under ``root``, run it, and assert everything the row promises."""
+def run_row(row: Row, root: Path, shared: Mapping[str, str] | None = None) -> CliResult:
+    """Build ``row``'s input under ``root``, run it, and assert everything the row promises.
+
+    ``shared``: inputs several rows use as they are (a trained run, say), looked up only for the
+    placeholders a row names, so that a lazy mapping builds only what the rows run need.
+    """
     root.mkdir(parents=True, exist_ok=True)
-    values = {"root": str(root), **(row.setup(root) if row.setup is not None else {})}
-    argv = [arg.format(**values) for arg in row.argv]
+    values = ChainMap({"root": str(root), **(row.setup(root) if row.setup is not None else {})}, shared or {})
+    argv = [arg.format_map(values) for arg in row.argv]
     result = run_cli(argv)
     context = f"neus2 {' '.join(argv)}\n--- stdout ---\n{result.out}\n--- stderr ---\n{result.err}"
     assert "Traceback" not in result.out + result.err, context

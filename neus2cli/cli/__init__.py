@@ -12,7 +12,7 @@ import textwrap
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from neus2cli.errors import UserError
 
@@ -22,6 +22,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain (click) help, not typer's rich panels. The panels give the help text only the width
+    # left after the widest type column (``<incremental|per-frame>``) and cut any word longer than
+    # that with "…" (paths, ``xmin,ymin,...``), list every flag as ``<bool>``, and read help
+    # strings as markup (``[default: ...]`` vanished, ``:b:`` became an emoji). Click wraps at word
+    # boundaries to the terminal width (at most 80 columns), shows flags bare and prints text as it is.
+    rich_markup_mode=None,
 )
 
 err_console = Console(stderr=True)
@@ -36,8 +42,9 @@ def report_user_error(err: UserError) -> None:
     """Print ``err`` as one wrapped paragraph on stderr."""
     # Never break inside a word or at a hyphen: the paths in the message must stay copyable.
     text = textwrap.fill(str(err), width=100, break_long_words=False, break_on_hyphens=False)
-    # The message names user paths: escaped, "scan[v2]" prints as itself, not as markup.
-    err_console.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False, markup=True, soft_wrap=True)
+    # The message names user paths and gives hints: a Text prints "scan[v2]" and "neus2cli[gpu]" as
+    # they are, where a str would be read as rich markup.
+    err_console.print(Text.assemble(("error:", "bold red"), " ", text), highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

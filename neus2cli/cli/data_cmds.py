@@ -1,6 +1,6 @@
 """Data commands: ``neus2 inspect`` and ``neus2 convert-neus`` (parse, call the library, print).
 
-Everything printed that came from the user (paths, scene names) is escaped, so that a
+Everything printed that came from the user (paths, scene names) is a rich ``Text``, so that a
 folder called ``scan[v2]`` prints as itself and never as rich markup.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from neus2cli.cli import app
 from neus2cli.errors import UserError
@@ -24,13 +24,19 @@ def _parse_indices(text: str) -> tuple[int, ...]:
         raise UserError(f"--test-views must be comma-separated view indices such as 8,13,16, got {text!r}.") from None
     if any(v < 0 for v in values):
         raise UserError(f"--test-views indices must be >= 0, got {text!r}.")
+    if not values:  # "" or ",": hold out nothing, which --no-split says; refused rather than guessed
+        raise UserError(
+            f"--test-views names no view ({text!r}). Give indices such as 8,13,16, or --no-split to hold none out."
+        )
     return values
 
 
-@app.command("inspect")
+@app.command("inspect", short_help="Say what is in a scene, and what is wrong with it.")
 def inspect_cmd(
     scene: Path = typer.Argument(
-        ..., help="Scene folder or JSON file (NeuS/IDR, Blender/NGP, NeuS2, COLMAP), or a dynamic-sequence folder."
+        ...,
+        metavar="SCENE",
+        help="Scene folder or JSON file (NeuS/IDR, Blender/NGP, NeuS2, COLMAP), or a dynamic-sequence folder.",
     ),
     plot: Path | None = typer.Option(
         None,
@@ -76,13 +82,15 @@ def inspect_cmd(
         console = Console()
         console.print(render_description(desc))
         if plot is not None:
-            console.print(f"camera plot written to {escape(desc['plot'])}", highlight=False)
+            console.print(Text(f"camera plot written to {desc['plot']}"), highlight=False, soft_wrap=True)
 
 
-@app.command("convert-neus")
+@app.command("convert-neus", short_help="Convert a NeuS/IDR folder to the NeuS2 JSON format.")
 def convert_neus_cmd(
-    src: Path = typer.Argument(..., help="NeuS/IDR folder: cameras_sphere.npz, image/, mask/."),
-    dst: Path = typer.Argument(..., help="Output folder for the NeuS2 JSON scene (must be new or empty)."),
+    src: Path = typer.Argument(..., metavar="SRC", help="NeuS/IDR folder: cameras_sphere.npz, image/, mask/."),
+    dst: Path = typer.Argument(
+        ..., metavar="DST", help="Output folder for the NeuS2 JSON scene (must be new or empty)."
+    ),
     test_views: str | None = typer.Option(
         None,
         "--test-views",
@@ -105,6 +113,7 @@ def convert_neus_cmd(
     paths = convert_neus(src, dst, test_views=indices, split=not no_split, overwrite=force)
     jsons = [p for p in paths if p.suffix == ".json"]
     Console().print(
-        escape(f"wrote {len(paths) - len(jsons)} images and {', '.join(p.name for p in jsons)} to {dst}"),
+        Text(f"wrote {len(paths) - len(jsons)} images and {', '.join(p.name for p in jsons)} to {dst}"),
         highlight=False,
+        soft_wrap=True,
     )

@@ -6,15 +6,18 @@ The command only parses and validates; the work is in ``neus2cli.eval``
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from neus2cli.cli import app, err_console
 from neus2cli.errors import UserError
+from neus2cli.io import check_writable
 
 GEOMETRY_HELP = (
     "Score a reconstruction.\n\n"
@@ -37,7 +40,7 @@ def _progress(enabled: bool) -> Iterator:
 
     with Progress(
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         TimeElapsedColumn(),
         console=err_console,
@@ -56,9 +59,13 @@ def _positive(name: str, value: float | None) -> None:
         raise UserError(f"{name} must be a positive number, got {value}.")
 
 
-@app.command("evaluate", help=GEOMETRY_HELP)
+@app.command(
+    "evaluate", help=GEOMETRY_HELP, short_help="Score a mesh against a ground truth, or a run's held-out views."
+)
 def evaluate(
-    target: Path = typer.Argument(..., help="Predicted mesh / point cloud, or a training run folder."),
+    target: Path = typer.Argument(
+        ..., metavar="TARGET", help="Predicted mesh / point cloud, or a training run folder."
+    ),
     gt: Path | None = typer.Option(
         None, "--gt", help="Ground-truth mesh (sampled by area) or point cloud (PLY/XYZ/NPY, used as is)."
     ),
@@ -66,6 +73,7 @@ def evaluate(
         None,
         "--threshold",
         "-t",
+        metavar="<float>",  # one value per use, not a list
         help="F-score threshold in GT units; repeat for several. Default: 1% of the GT bounding-box "
         "diagonal (1 mm with --dtu-official).",
     ),
@@ -129,6 +137,19 @@ def evaluate(
         help="Write the prediction as a PLY coloured by distance to the GT (red: >= largest threshold).",
     ),
 ) -> None:
+    if not target.exists():
+        raise UserError(
+            "does not exist.",
+            path=target,
+            hint="Pass a mesh or point-cloud file (with --gt or --dtu-official), or the folder of a training run.",
+        )
+    if target.is_file() and (target.name.startswith("checkpoint.") or target.suffix == ".pt"):
+        raise UserError(
+            "is a training checkpoint, not a mesh.",
+            path=target,
+            hint=f"Score the run's held-out views with `neus2 evaluate {target.parent}`, or extract a mesh with "
+            "`neus2 export-mesh` and score that with --gt.",
+        )
     if target.is_dir():
         if gt is not None or dtu_official is not None:
             raise UserError(
@@ -155,10 +176,19 @@ def evaluate(
         raise UserError(f"--downsample must be >= 0, got {downsample}.")
     if downsample_method not in (None, "voxel", "radius"):
         raise UserError(f"--downsample-method must be 'voxel' or 'radius', got {downsample_method!r}.")
+    if crop is not None and not all(math.isfinite(v) for v in crop):
+        raise UserError(
+            f"--crop takes six finite numbers XMIN YMIN ZMIN XMAX YMAX ZMAX, got {list(crop)}; give the box's "
+            "bounds, e.g. --crop -1 -1 -1 1 1 1."
+        )
     if crop is not None and not all(crop[i] < crop[i + 3] for i in range(3)):
         raise UserError(f"--crop must be XMIN YMIN ZMIN XMAX YMAX ZMAX with each min < max, got {list(crop)}.")
     if plot is not None and plot.suffix.lower() != ".ply":
         raise UserError("--plot must name a .ply file (it stores per-vertex colours).", path=plot)
+    if plot is not None:
+        if plot.is_dir():
+            raise UserError("--plot: is a folder, not a file.", path=plot, hint="Name a .ply file to write.")
+        check_writable(plot, "--plot")  # before the evaluation, not after it
 
     options = GeometryOptions(
         thresholds=threshold or None,
@@ -208,7 +238,7 @@ def evaluate(
 
         Console().print(geometry_table(metrics))
         if plot is not None:
-            err_console.print(f"error plot written to {plot}", highlight=False)
+            err_console.print(Text(f"error plot written to {plot}"), highlight=False, soft_wrap=True)
 
 
 def _evaluate_run(run_dir: Path, json_out: bool) -> None:

@@ -11,13 +11,16 @@ from pathlib import Path
 import numpy as np
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from neus2cli.cli import app, err_console
 from neus2cli.errors import UserError
 from neus2cli.signals import sigterm_as_interrupt
 
 console = Console()
+
+# Every line printed here is a ``Text``: run folders, scene names and the resume command are the
+# user's text and print as written ("runs/[v2]"), never as rich markup or emoji codes.
 
 
 class BackendChoice(str, Enum):
@@ -46,7 +49,7 @@ def _interrupted(err, resume_command: list[str]) -> None:
         where = f"It stopped before its first checkpoint; the run in {err.run_dir} resumes from the start."
     # shlex.join: the command pastes into a shell as it is, whatever spaces or quotes the paths hold.
     err_console.print(
-        f"[yellow]Interrupted.[/yellow] {escape(where)} Continue with: {escape(shlex.join(resume_command))}",
+        Text.assemble(("Interrupted.", "yellow"), f" {where} Continue with: {shlex.join(resume_command)}"),
         soft_wrap=True,
         highlight=False,
     )
@@ -62,9 +65,11 @@ def _interrupted_before_run() -> None:
     sys.exit(INTERRUPTED_EXIT)
 
 
-@app.command("train")
+@app.command("train", short_help="Reconstruct a static scene (one mesh).")
 def train(
-    scene: Path | None = typer.Argument(None, help="Scene folder or JSON (default: the bundled demo scene)."),
+    scene: Path | None = typer.Argument(
+        None, metavar="SCENE", help="Scene folder or JSON (default: the bundled demo scene)."
+    ),
     config: str | None = typer.Option(
         None,
         "--config",
@@ -73,7 +78,7 @@ def train(
     ),
     steps: int | None = typer.Option(None, "--steps", help="Training steps (overrides the config)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default outputs/<scene>/<timestamp>)."),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    overrides: list[str] = typer.Option([], "--set", metavar="<key=value>", help=SET_HELP),
     backend: BackendChoice | None = typer.Option(
         None, "--backend", help="Compute path (default from the config: auto)."
     ),
@@ -124,66 +129,102 @@ def train(
             _interrupted(err, ["neus2", "train", *given, "--out", str(err.run_dir), "--resume"])
             return
     summary = {k: metrics[k] for k in ("steps", "train_seconds", "psnr_test", "backend") if k in metrics}
-    console.print(f"[green]done[/green] {run_dir}  " + "  ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
-    console.print(f"mesh:    {escape(str(run_dir / 'mesh.ply'))}")
-    console.print(f"preview: {escape(str(run_dir / 'preview.png'))}")
+    fields = "  ".join(f"{k}={_fmt(v)}" for k, v in summary.items())
+    console.print(Text.assemble(("done", "green"), f" {run_dir}  {fields}"), highlight=False, soft_wrap=True)
+    console.print(Text(f"mesh:    {run_dir / 'mesh.ply'}"), highlight=False, soft_wrap=True)
+    console.print(Text(f"preview: {run_dir / 'preview.png'}"), highlight=False, soft_wrap=True)
 
 
 def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _parse_bbox(text: str | None) -> np.ndarray | None:
+def parse_box(text: str | None, option: str) -> np.ndarray | None:
+    """``xmin,ymin,zmin,xmax,ymax,zmax`` -> (2, 3) array; ``UserError`` naming ``option`` otherwise."""
     if text is None:
         return None
+    usage = f"{option} takes six comma-separated numbers xmin,ymin,zmin,xmax,ymax,zmax (world units)"
+    example = f"e.g. {option} -1,-1,-1,1,1,1."
     try:
         vals = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
-        vals = []
-    if len(vals) != 6 or any(vals[i] >= vals[i + 3] for i in range(3)):
-        raise UserError(
-            f"--bbox must be six numbers xmin,ymin,zmin,xmax,ymax,zmax (world units) with min < max, got '{text}'."
-        )
-    return np.array(vals, dtype=np.float64).reshape(2, 3)
+        raise UserError(f"{usage}; {text!r} is not a list of numbers, {example}") from None
+    if len(vals) != 6:
+        raise UserError(f"{usage}; {text!r} has {len(vals)}, {example}")
+    box = np.array(vals, dtype=np.float64).reshape(2, 3)
+    if not np.isfinite(box).all():
+        # float() reads "nan" and "inf"; a NaN bound compares false with everything and would pass
+        # every min < max check below, then mesh nothing.
+        raise UserError(f"{usage}; {text!r} holds a NaN or infinite value: give finite bounds, {example}")
+    for axis, (lo, hi) in zip("xyz", box.T, strict=True):
+        if not lo < hi:
+            raise UserError(
+                f"{usage}; {text!r} has {axis}min {lo:g} >= {axis}max {hi:g}: each min must be below its max."
+            )
+    return box
 
 
-@app.command("export-mesh")
+@app.command("export-mesh", short_help="Extract a mesh from a run (any resolution, crop, format).")
 def export_mesh(
     checkpoint: Path = typer.Argument(
-        ..., help="A checkpoint file, a run folder, or a dynamic run folder with --frame."
+        ..., metavar="CHECKPOINT", help="A checkpoint file, a run folder, or a dynamic run folder with --frame."
     ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Mesh file to write (default next to the checkpoint)."),
+    # A str, not a Path: Path drops the trailing "/" that says "exports/" is a folder to write in.
+    out: str | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        metavar="<path>",
+        help="Mesh file to write, or a folder to write it in (see above).",
+    ),
     resolution: int = typer.Option(512, "--resolution", "-r", min=16, max=2048, help="Marching-cubes lattice size."),
-    bbox: str | None = typer.Option(None, "--bbox", help="Region xmin,ymin,zmin,xmax,ymax,zmax in world units."),
+    bbox: str | None = typer.Option(
+        None,
+        "--bbox",
+        help="Region xmin,ymin,zmin,xmax,ymax,zmax in world units, each min below its max (default: the "
+        "run's reconstruction box).",
+    ),
     fmt: MeshFormat = typer.Option(MeshFormat.ply, "--format", help="Mesh file format (when --out has no suffix)."),
     no_color: bool = typer.Option(False, "--no-color", help="Skip vertex colours."),
     min_component: float = typer.Option(
         0.0,
         "--remove-floaters",
-        help="Drop components smaller than this fraction of the largest (0 keeps all).",
+        help="Drop components smaller than this fraction of the largest (0 to 1; 0 keeps all).",
     ),
     frame: int | None = typer.Option(None, "--frame", help="Frame index of a dynamic run."),
     backend: BackendChoice = typer.Option(BackendChoice.auto, "--backend", help="Compute path."),
 ) -> None:
-    """Extract a coloured, watertight mesh in the scene's world coordinates."""
+    """Extract a coloured, watertight mesh in the scene's world coordinates.
+
+    --out names the mesh file (.ply or .obj; without a suffix, --format's; an existing file is replaced)
+    or a folder to write it in: an existing folder, or a path ending in /, receives
+    mesh_<resolution>.<format> (frame_<kkkk>_mesh_<resolution>.<format> for a frame of a dynamic run).
+    Without --out the mesh goes beside the checkpoint (a dynamic frame's into frames/<kkkk>/).
+    """
     from neus2cli.compute import resolve_compute
     from neus2cli.train.run_mesh import export_run_mesh
 
+    bbox_world = parse_box(bbox, "--bbox")
+    if not 0 <= min_component <= 1:  # also NaN, which a range check of typer's lets through
+        raise UserError(
+            f"--remove-floaters is a fraction of the largest component's size, from 0 (keep all) to 1; "
+            f"got {min_component}."
+        )
     path = export_run_mesh(
         checkpoint,
         out=out,
         resolution=resolution,
-        bbox_world=_parse_bbox(bbox),
+        bbox_world=bbox_world,
         fmt=fmt.value,
         color=not no_color,
         min_component_fraction=min_component,
         frame=frame,
         compute=resolve_compute(backend.value),
     )
-    console.print(f"[green]wrote[/green] {path}")
+    console.print(Text.assemble(("wrote", "green"), f" {path}"), highlight=False, soft_wrap=True)
 
 
-@app.command("doctor")
+@app.command("doctor", short_help="Say which compute path will run, and why.")
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
     """Say which compute path `auto` will use, and why."""
     from neus2cli import backends
@@ -200,16 +241,18 @@ class DynamicMode(str, Enum):
     per_frame = "per-frame"
 
 
-@app.command("train-dynamic")
+@app.command("train-dynamic", short_help="Reconstruct a multi-view video, one mesh per frame.")
 def train_dynamic_cmd(
-    scene_dir: Path = typer.Argument(..., help="Folder of per-frame JSON files (NeuS2 layout), sorted by name."),
+    scene_dir: Path = typer.Argument(
+        ..., metavar="SCENE_DIR", help="Folder of per-frame JSON files (NeuS2 layout), sorted by name."
+    ),
     config: str | None = typer.Option(None, "--config", "-c", help="Preset name or JSON file (default: base)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default outputs/<scene>/<timestamp>)."),
     mode: DynamicMode | None = typer.Option(
         None, "--mode", help="incremental (NeuS2, the default) or per-frame; a resumed run keeps its own."
     ),
     frames: str | None = typer.Option(None, "--frames", help="Frame range a:b[:step] (input order)."),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    overrides: list[str] = typer.Option([], "--set", metavar="<key=value>", help=SET_HELP),
     backend: BackendChoice | None = typer.Option(None, "--backend", help="Compute path (default from the config)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out after its last finished frame."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
@@ -246,8 +289,10 @@ def train_dynamic_cmd(
         except TrainingInterrupted as err:
             _interrupted(err, ["neus2", "train-dynamic", str(scene_dir), "--out", str(err.run_dir), "--resume"])
             return
+    timing = f"first={_fmt(metrics['first_frame_seconds'])}s  later={_fmt(metrics['mean_seconds_after_first'])}s/frame"
     console.print(
-        f"[green]done[/green] {run_dir}  frames={metrics['n_frames']}  "
-        f"first={_fmt(metrics['first_frame_seconds'])}s  later={_fmt(metrics['mean_seconds_after_first'])}s/frame"
+        Text.assemble(("done", "green"), f" {run_dir}  frames={metrics['n_frames']}  {timing}"),
+        highlight=False,
+        soft_wrap=True,
     )
-    console.print(f"contact sheet: {escape(str(run_dir / 'contact_sheet.png'))}")
+    console.print(Text(f"contact sheet: {run_dir / 'contact_sheet.png'}"), highlight=False, soft_wrap=True)

@@ -111,8 +111,8 @@ def detect_format(path: str | Path) -> tuple[str, list[tuple[Path, str | None]]]
             f"found {len(jsons)} JSON files ({jsons[0].name}, {jsons[1].name}, ...) and no "
             "transforms.json or transform(s)_train.json, so the scene is ambiguous.",
             path=path,
-            hint="If this is a dynamic sequence (one JSON per time step), load it as one; otherwise pass "
-            "the JSON file to use.",
+            hint="If this is a dynamic sequence (one JSON per time step), train it with `neus2 train-dynamic`; "
+            "otherwise pass the JSON file to use.",
         )
     raise UserError(
         f"no scene found: expected {CAMERAS_FILE} (NeuS/IDR), transforms_train.json, transform_train.json, "

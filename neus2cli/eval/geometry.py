@@ -243,7 +243,13 @@ def load_geometry(path: str | Path, *, what: str = "mesh") -> Geometry:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            geom = _cloud_from_array(np.load(path, allow_pickle=False), path, what)
+            try:
+                array = np.load(path, allow_pickle=False)
+            except ValueError as err:
+                raise UserError(
+                    f"could not read the {what} ({_numpy_read_error(err, '.npy array')}).", path=path
+                ) from err
+            geom = _cloud_from_array(array, path, what)
         elif suffix in POINT_TEXT_SUFFIXES:
             geom = _cloud_from_array(np.loadtxt(path, ndmin=2), path, what)
         else:
@@ -263,6 +269,14 @@ def load_geometry(path: str | Path, *, what: str = "mesh") -> Geometry:
     if not np.all(np.isfinite(geom.points)):
         raise UserError(f"the {what} has non-finite (NaN or infinite) coordinates.", path=path)
     return geom
+
+
+def _numpy_read_error(err: Exception, kind: str) -> str:
+    """Why ``np.load`` failed, in the user's terms. Without ``allow_pickle`` numpy calls any file it does
+    not recognise "pickled (object) data" and suggests loading it unsafely: advice not to pass on."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return f"it is not a NumPy {kind}"
 
 
 def _cloud_from_array(arr: np.ndarray, path: Path, what: str) -> Geometry:
@@ -333,7 +347,9 @@ def load_scale_mat(path: str | Path, index: int = 0) -> np.ndarray:
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as err:
-        raise UserError(f"could not read the --scale-mat file ({err}).", path=path, hint=hint) from err
+        raise UserError(
+            f"could not read the --scale-mat file ({_numpy_read_error(err, '.npz archive')}).", path=path, hint=hint
+        ) from err
     if not isinstance(data, np.lib.npyio.NpzFile) or key not in data.files:
         found = ", ".join(sorted(data.files)[:8]) if isinstance(data, np.lib.npyio.NpzFile) else "a plain array"
         raise UserError(
@@ -699,6 +715,13 @@ def check_units(
     pmin, pmax = pred_points.min(axis=0), pred_points.max(axis=0)
     gmin, gmax = gt_points.min(axis=0), gt_points.max(axis=0)
     ps, gs = float(np.linalg.norm(pmax - pmin)), float(np.linalg.norm(gmax - gmin))
+    for name, size in (("prediction", ps), ("ground truth", gs)):
+        if size == 0:  # a size ratio against zero would blame the units
+            raise UserError(
+                f"every point of the {name} is at the same position (a single point?): there is no shape to compare.",
+                path=pred_path if name == "prediction" else None,
+                hint="Pass a mesh, or a point cloud sampled over the surface.",
+            )
     tiny = 1e-12 * max(ps, gs, 1e-300)
     ratio = max(ps, gs) / max(min(ps, gs), tiny)
     # Boxes grown by 10% of the larger diagonal: a flat GT and a prediction just above it still

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from neus2cli.eval.geometry import GeometryMetrics, threshold_key
 
@@ -45,18 +46,21 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def geometry_table(metrics: GeometryMetrics, title: str | None = None) -> Table:
-    """A two-column table (metric, value) of a geometry evaluation, units in the header."""
+    """A two-column table (metric, value) of a geometry evaluation, units in the header.
+
+    Cells that hold user text (``--units``) are ``Text``: a str cell would be read as rich markup.
+    """
     units = metrics.units
-    table = Table(title=title or f"Geometry ({metrics.protocol}; distances in {units})", title_justify="left")
+    table = Table(title=Text(title or f"Geometry ({metrics.protocol}; distances in {units})"), title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row(f"accuracy (pred -> GT, {units})", _fmt(metrics.accuracy))
-    table.add_row(f"completeness (GT -> pred, {units})", _fmt(metrics.completeness))
-    table.add_row(f"Chamfer-L1 ({units})", _fmt(metrics.chamfer))
+    table.add_row(Text(f"accuracy (pred -> GT, {units})"), _fmt(metrics.accuracy))
+    table.add_row(Text(f"completeness (GT -> pred, {units})"), _fmt(metrics.completeness))
+    table.add_row(Text(f"Chamfer-L1 ({units})"), _fmt(metrics.chamfer))
     for t in metrics.thresholds:
         key = threshold_key(t)
         table.add_row(
-            f"F-score @ {key} {units}  (P / R)",
+            Text(f"F-score @ {key} {units}  (P / R)"),
             f"{_fmt(metrics.fscore[key])}  ({_fmt(metrics.precision[key])} / {_fmt(metrics.recall[key])})",
         )
     table.add_row("normal consistency", _fmt(metrics.normal_consistency))
@@ -65,7 +69,8 @@ def geometry_table(metrics: GeometryMetrics, title: str | None = None) -> Table:
 
 
 def images_table(result: dict, title: str = "Held-out views") -> Table:
-    """A per-view table of ``evaluate_images`` output, with the mean as the last row."""
+    """A per-view table of ``evaluate_images`` output, with the mean as the last row (view names are
+    the scene's file names: ``Text``, never markup)."""
     table = Table(title=title, title_justify="left")
     table.add_column("view")
     columns = [("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("lpips", "LPIPS")]
@@ -75,7 +80,7 @@ def images_table(result: dict, title: str = "Held-out views") -> Table:
     for _, header in columns:
         table.add_column(header, justify="right")
     for view in result["views"]:
-        table.add_row(view["name"], *(_fmt(view.get(k)) for k, _ in columns))
+        table.add_row(Text(str(view["name"])), *(_fmt(view.get(k)) for k, _ in columns))
     table.add_section()
     table.add_row("mean", *(_fmt(result["mean"].get(k)) for k, _ in columns), style="bold")
     return table

@@ -49,6 +49,7 @@ from neus2cli.train.rigid import FrameToCanonical, world_to_canonical_world
 from neus2cli.train.run import (
     RESUMES_FILE,
     RUN_FILE,
+    check_new_run_dir,
     check_same_scene,
     default_run_dir,
     new_run_dir,
@@ -376,6 +377,8 @@ def train_dynamic(
     """
     if mode is not None and mode not in MODES:
         raise UserError(f"--mode must be 'incremental' or 'per-frame', got '{mode}'.")
+    if not resume and out_dir is not None:
+        check_new_run_dir(out_dir, force)  # before the sequence is read
     sequence = load_dynamic_scene(scene_dir)
     identity = sequence_identity(scene_dir)
     indices = parse_frame_range(frames, len(sequence.frames))

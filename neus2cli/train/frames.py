@@ -6,7 +6,6 @@ delta against the previous stored frame or as a keyframe (``frame_store``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from neus2cli.compute import Compute
 from neus2cli.config import load_run_config
 from neus2cli.data.scene import Normalization
 from neus2cli.errors import UserError
+from neus2cli.io import read_json
 from neus2cli.train.frame_store import decode_frame, is_keyframe, write_frame
 from neus2cli.train.outputs import TrainedField, empty_field
 
@@ -65,7 +65,13 @@ def field_for_frame(run_dir: Path, frame: int, compute: Compute) -> tuple[Traine
     info_path = run_dir / "run.json"
     if not info_path.exists():
         raise UserError("not a dynamic run folder (no run.json).", path=run_dir)
-    info = json.loads(info_path.read_text())
+    info = read_json(info_path, hint="The run's record is damaged; its frames cannot be located.")
+    if not isinstance(info, dict) or not isinstance(info.get("frames"), list) or not info["frames"]:
+        raise UserError(
+            "not a dynamic run folder: its run.json lists no frames.",
+            path=run_dir,
+            hint="--frame applies to runs of `neus2 train-dynamic`; export a static run without it.",
+        )
     indices = info["frames"]
     if frame not in indices:
         raise UserError(f"frame {frame} is not part of this run (frames {indices[0]}..{indices[-1]}).", path=run_dir)
@@ -81,6 +87,18 @@ def field_for_frame(run_dir: Path, frame: int, compute: Compute) -> tuple[Traine
         state = _read_frame(run_dir, k, decode_frame, state, like)
     field.model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     field.grid.binaries.copy_(state["grid.binaries"].to(field.grid.binaries.device))
-    transform = json.loads((frame_dir(run_dir, frame) / "transform.json").read_text())
+    transform_path = frame_dir(run_dir, frame) / "transform.json"
+    damaged = f"Frame {frame}'s transform is damaged: delete frames/{frame:04d} and the frames after it, then --resume."
+    if not transform_path.is_file():
+        raise UserError("is missing: the frame's pose cannot be known.", path=transform_path, hint=damaged)
+    transform = read_json(transform_path, hint=damaged)
+    try:
+        world_to_canonical = np.asarray(transform["world_to_canonical"], dtype=np.float64)
+        world_from_canonical = np.linalg.inv(world_to_canonical)
+        ok = world_to_canonical.shape == (4, 4) and np.isfinite(world_from_canonical).all()
+    except (TypeError, KeyError, ValueError, np.linalg.LinAlgError):
+        ok = False
+    if not ok:
+        raise UserError("holds no invertible 4x4 'world_to_canonical' matrix.", path=transform_path, hint=damaged)
     normalization = Normalization.from_dict(transform.get("normalization", info["normalization"]))
-    return field, normalization, np.linalg.inv(np.asarray(transform["world_to_canonical"]))
+    return field, normalization, world_from_canonical

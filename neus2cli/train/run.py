@@ -21,7 +21,7 @@ from neus2cli import log
 from neus2cli.config import Config, ConfigRequest, check_resumable, load_run_config, resolve_request, resume_config
 from neus2cli.data.identity import same_scene
 from neus2cli.errors import UserError
-from neus2cli.io import atomic_write_text
+from neus2cli.io import atomic_write_text, check_writable, read_json
 
 RESUMES_FILE = "resumes.json"
 RUN_FILE = "run.json"
@@ -31,19 +31,36 @@ def default_run_dir(scene_name: str, root: Path = Path("outputs")) -> Path:
     return root / scene_name / datetime.now().strftime("%Y-%m-%d_%H%M%S")
 
 
-def new_run_dir(out_dir: Path, force: bool, owned: tuple[str, ...] = ()) -> Path:
-    """Create ``out_dir`` for a new run; a folder holding files is refused unless ``force``.
+def check_new_run_dir(out_dir: Path, force: bool) -> None:
+    """``UserError`` unless a new run may be written in ``out_dir`` (``--out``); creates nothing.
 
-    With ``force``, the earlier run's ``config.json`` and the ``owned`` files (paths relative to
-    ``out_dir``: its resume point, metrics, ...) are removed first: left there, an interruption before
-    the new run's first checkpoint would leave a folder that resumes the old run.
+    Refused: a file, a folder holding files (unless ``force``), a location that cannot be written.
+    The commands call it before any long work (loading images); ``new_run_dir`` calls it again.
     """
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(
+            "--out: is a file, not a folder; a run writes a folder of files.",
+            path=out_dir,
+            hint="Choose another --out (a new or empty folder).",
+        )
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise UserError(
             "the output folder already holds files; runs never overwrite each other.",
             path=out_dir,
             hint="Pass --resume to continue that run, --force to overwrite it, or choose another --out.",
         )
+    # An existing folder must take files itself; a new one is created in its nearest existing parent.
+    check_writable(out_dir / "config.json" if out_dir.is_dir() else out_dir, "--out")
+
+
+def new_run_dir(out_dir: Path, force: bool, owned: tuple[str, ...] = ()) -> Path:
+    """Create ``out_dir`` for a new run; refused as ``check_new_run_dir`` says.
+
+    With ``force``, the earlier run's ``config.json`` and the ``owned`` files (paths relative to
+    ``out_dir``: its resume point, metrics, ...) are removed first: left there, an interruption before
+    the new run's first checkpoint would leave a folder that resumes the old run.
+    """
+    check_new_run_dir(out_dir, force)
     out_dir.mkdir(parents=True, exist_ok=True)
     # config.json first: once it is gone, the folder no longer passes for a run that resumes.
     for name in ("config.json", *owned):
@@ -89,7 +106,13 @@ def resumed_config(out_dir: Path, cfg: Config, at: dict) -> dict:
     if changes:
         log.info("resuming with " + ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()))
         path = out_dir / RESUMES_FILE
-        history = json.loads(path.read_text()) if path.exists() else []
+        history = (
+            read_json(path, hint=f"Move {path.name} away (it is only a record) and resume again.")
+            if path.exists()
+            else []
+        )
+        if not isinstance(history, list):
+            raise UserError("is not a list of resumes.", path=path, hint=f"Move {path.name} away and resume again.")
         history.append(
             {
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -105,7 +128,9 @@ def resumed_config(out_dir: Path, cfg: Config, at: dict) -> dict:
 def read_run_info(out_dir: Path) -> dict | None:
     """The run's ``run.json``, or None where it was not written (a run stopped right after its config)."""
     path = out_dir / RUN_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return read_json(path, hint="The run's record is damaged: start a new run (another --out, or --force).")
 
 
 def check_same_scene(out_dir: Path, recorded: dict | None, given: dict) -> None:

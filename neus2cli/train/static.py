@@ -38,6 +38,7 @@ from neus2cli.train.preview import write_run_preview
 from neus2cli.train.run import (
     RESUMES_FILE,
     RUN_FILE,
+    check_new_run_dir,
     check_same_scene,
     default_run_dir,
     new_run_dir,
@@ -186,6 +187,8 @@ def train_static(
     inside ``neus2cli.signals.sigterm_as_interrupt``, SIGTERM, once the run folder exists.
     """
     identity = scene_identity(scene_path)  # the camera files only: cheap, and before any long work
+    if not resume and out_dir is not None:
+        check_new_run_dir(out_dir, force)  # also before the images are read
     ckpt = None
     if resume:
         out_dir = resumable_run_dir(out_dir)
@@ -236,7 +239,15 @@ def train_static(
 def render_test_views(run_dir: str | Path, compute: Compute) -> list[dict]:
     """Render the held-out views of a finished run (used by ``neus2 evaluate RUN``)."""
     ckpt = load_checkpoint(run_dir)
-    scene = load_scene(Path(ckpt["scene"]["path"]))
+    scene_path = Path(ckpt["scene"]["path"])
+    if not scene_path.exists():  # else load_scene's "scene not found" names a path the user never gave
+        raise UserError(
+            f"this run's scene is no longer at {scene_path} (moved or deleted); its held-out views are needed "
+            "to score the run.",
+            path=run_dir,
+            hint="Put the scene back at that path, or score the run's mesh with `neus2 evaluate MESH --gt GT`.",
+        )
+    scene = load_scene(scene_path)
     field = field_from_checkpoint(ckpt, compute)
     views = scene.test_views
     if not views:
