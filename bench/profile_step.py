@@ -81,7 +81,11 @@ def trace_steps(trainer: NeuSTrainer, n_steps: int, top: int = 25) -> dict:
     return {
         "steps": n_steps,
         "top_kernels": [
-            {"name": e.key[:120], "per_step": e.count / n_steps, "ms_per_step": e.self_device_time_total / 1e3 / n_steps}
+            {
+                "name": e.key[:120],
+                "per_step": e.count / n_steps,
+                "ms_per_step": e.self_device_time_total / 1e3 / n_steps,
+            }
             for e in by_time
         ],
         "wall_ms_per_step": wall_ms,
