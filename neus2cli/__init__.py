@@ -15,3 +15,12 @@ that imports them; ``config``, ``errors``, ``io`` and ``log`` are shared by ever
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# PyTorch's CPU thread pool (OpenMP) spins between operations by default. On a machine whose cores
+# are shared (a laptop doing other work, CI, a second job), a spinning thread holds a core another
+# thread needs, and a CPU training step ran 10-20x slower (issue #12: 23 min instead of 3 for the
+# demo while other work ran). Threads that sleep when idle cost little on a quiet machine. Set
+# before torch is imported (an explicit OMP_WAIT_POLICY wins); it has no effect once torch is loaded.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

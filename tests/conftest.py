@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Idle OpenMP threads sleep instead of spinning (as neus2cli sets for its own users, before torch loads):
+# on a shared machine spinning threads made the CPU suite many times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # A fixed intra-op thread count: PyTorch's CPU reductions split their work by thread count, so the
 # float results of the end-to-end tests (and whether a measured error lands under its bound) would

@@ -186,3 +186,22 @@ def test_evaluate_mesh_against_truth_json(trained, scene):
     result = json.loads(proc.stdout)
     assert {"accuracy", "completeness", "chamfer", "fscore"} <= set(result)
     assert result["chamfer"] < 0.035  # the same bound as test_mesh_is_close_to_the_truth (radius 1)
+
+
+def test_progress_lines_off_a_terminal(scene, tmp_path, capsys):
+    """Every long phase of a run prints plain progress lines when stderr is not a terminal (CI logs):
+    image loading, training, meshing, test renders; each phase's final line at least (the start and
+    end lines are always printed, later ones every few seconds)."""
+    cfg = resolve_config(
+        "fast", CPU_SETTINGS + ["output.mesh_resolution=32", "output.render_test_views=1"], **{"train.steps": 10}
+    )
+    train_static(scene, cfg, tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    for line in (
+        "loading images: ",
+        "train lumpy: 10/10 (100%)",
+        "meshing (SDF slabs): 32/32 (100%)",
+        "rendering test views: 1/1 (100%)",
+    ):
+        assert line in err, (line, err)
+    assert "\x1b[" not in err  # no live-bar control sequences in a log

@@ -32,26 +32,15 @@ GEOMETRY_HELP = (
 
 @contextmanager
 def _progress(enabled: bool) -> Iterator:
-    """A transient progress bar on stderr (stdout stays clean for --json); yields the callback."""
+    """Progress on stderr (stdout stays clean for --json): a live bar on a terminal, plain lines every few
+    seconds elsewhere (``neus2cli.progress``); yields the ``on_progress(stage, fraction)`` callback."""
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from neus2cli.progress import ProgressReporter
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("evaluating", total=1.0)
-
-        def update(stage: str, fraction: float) -> None:
-            progress.update(task, description=stage, completed=fraction)
-
-        yield update
+    with ProgressReporter(100, "evaluating (%)", console=err_console, transient=True) as bar:
+        yield bar.report_fraction
 
 
 def _positive(name: str, value: float | None) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from neus2cli.data.scene import View
 from neus2cli.errors import UserError
+from neus2cli.progress import ProgressReporter
 
 #: Extensions tried, in order, when a frame's ``file_path`` has none (Blender JSON).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -236,7 +237,7 @@ def default_workers() -> int:
 
 
 def map_views(fn, views: Sequence[View], workers: int | None = None, progress: bool = True, desc: str = ""):
-    """``[fn(view) for view in views]``, in threads, in order, with a rich progress bar.
+    """``[fn(view) for view in views]``, in threads, in order, with progress (``neus2cli.progress``).
 
     ``fn`` should return something small (a downsampled mask, a size) or the final
     image; nothing else is kept, so memory stays at one result per view plus one
@@ -248,25 +249,15 @@ def map_views(fn, views: Sequence[View], workers: int | None = None, progress: b
     results: list = [None] * len(views)
     if not views:
         return results
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            disable=not progress,
-            transient=True,
-        ) as bar,
+        ProgressReporter(len(views), desc or "images", enabled=progress, transient=True) as bar,
     ):
-        task = bar.add_task(desc or "images", total=len(views))
         futures = {pool.submit(fn, view): i for i, view in enumerate(views)}
         try:
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
-                bar.advance(task)
+                bar.advance()
         except BaseException:
             for future in futures:
                 future.cancel()

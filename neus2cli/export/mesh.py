@@ -25,11 +25,17 @@ ColorFn = Callable[[torch.Tensor], torch.Tensor]
 
 @torch.no_grad()
 def evaluate_sdf_grid(
-    sdf_fn: SdfFn, bbox: np.ndarray, resolution: int, device: torch.device, chunk: int = 2**21
+    sdf_fn: SdfFn,
+    bbox: np.ndarray,
+    resolution: int,
+    device: torch.device,
+    chunk: int = 2**21,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """SDF on a ``resolution``^3 lattice spanning ``bbox`` (2, 3) (normalized frame), corners included.
 
-    ``sdf_fn`` gets at most ``chunk`` points per call.
+    ``sdf_fn`` gets at most ``chunk`` points per call; ``on_progress(done, total)`` is called after each
+    chunk with the x-slabs done.
     Returns (R, R, R) float32 indexed [i, j, k] <-> (x, y, z).
     """
     r = resolution
@@ -44,6 +50,8 @@ def evaluate_sdf_grid(
         pts = torch.cat([x.repeat_interleave(len(yz))[:, None], yz.repeat(len(x), 1)], dim=-1)
         vals = torch.cat([sdf_fn(pts[s : s + chunk]).float() for s in range(0, len(pts), chunk)])
         torch.from_numpy(out[i : i + len(x)]).copy_(vals.reshape(len(x), r, r))  # straight into `out`
+        if on_progress is not None:
+            on_progress(i + len(x), r)
     return out
 
 
@@ -164,6 +172,7 @@ def extract_mesh(
     color_fn: ColorFn | None = None,
     min_component_fraction: float = 0.0,
     chunk: int = 2**18,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> trimesh.Trimesh:
     """Extract the SDF's zero level set as a mesh in **world** coordinates.
 
@@ -175,11 +184,12 @@ def extract_mesh(
         color_fn: optional (N, 3) normalized surface points -> (N, 3) RGB in [0, 1].
         min_component_fraction: see ``remove_small_components``.
         chunk: points per ``color_fn`` call; the SDF grid is evaluated ``8 * chunk`` points at a time.
+        on_progress: ``(done, total)`` x-slabs of the SDF grid, after each of its chunks.
     """
     device = torch.device(device)
     bbox = np.asarray(normalization.aabb if bbox is None else bbox, dtype=np.float64).reshape(2, 3)
     # The SDF pass needs no gradients, so it affords larger batches than the colour pass.
-    grid = evaluate_sdf_grid(sdf_fn, bbox, resolution, device, 8 * chunk)
+    grid = evaluate_sdf_grid(sdf_fn, bbox, resolution, device, 8 * chunk, on_progress)
     verts, faces = marching_cubes_sdf(grid, bbox)
     mesh = _merged_mesh(verts, faces)
     mesh = remove_small_components(mesh, min_component_fraction)

@@ -37,6 +37,7 @@ backends share one mechanism (tcnn's own ``max_level`` is not exposed to PyTorch
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,6 +211,35 @@ def _check_points(x: torch.Tensor) -> None:
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
 
 
+class _CornerSums(torch.autograd.Function):
+    """``out[k, m] = sum_c weights[k, m, c] * table[bags[m, c]]`` for constant ``weights``: K weighted
+    sums of the same 8 corners (the fused CPU path's features and input Jacobian), differentiable once
+    with respect to ``table``.
+
+    ``embedding_bag`` computes each sum in one pass; its own backward sorts the indices for every sum,
+    which on a CPU cost 3x the forward, so the K cotangents are combined per corner first and added
+    into the table with one ``index_add_`` (sequential on the CPU: deterministic).
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, bags: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(bags, weights)
+        ctx.n_entries = table.shape[0]
+        emb = torch.nn.functional.embedding_bag
+        return torch.stack([emb(bags, table, per_sample_weights=w, mode="sum") for w in weights])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        bags, weights = ctx.saved_tensors
+        coef = weights[0][..., None] * grad[0][:, None, :]  # (M, 8, F)
+        for k in range(1, weights.shape[0]):
+            coef += weights[k][..., None] * grad[k][:, None, :]
+        d_table = grad.new_zeros(ctx.n_entries, grad.shape[-1])
+        d_table.index_add_(0, bags.reshape(-1).long(), coef.reshape(-1, grad.shape[-1]))  # int64: 2x faster
+        return d_table, None, None
+
+
 class HashGrid(nn.Module):
     """Common interface of both backends.
 
@@ -293,18 +323,15 @@ class TorchHashGrid(HashGrid):
         # int64 two's complement keeps the low 32 bits of tcnn's uint32 arithmetic.
         return (idx & _UINT32) % self.layout.sizes[level]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode ``x (N, 3)`` in the normalized cube -> ``(N, n_levels * F)``, level-major.
+    def _corners(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+        """The 8 corner entries of every point and level and the fractional positions.
 
-        float32 (or half) input gives float32 output; float64 input gives float64. Like
-        tcnn, points outside [0, 1]^3 are not clamped: their vertices wrap (dense levels) or
-        hash with the same uint32 arithmetic.
+        Returns ``idx`` (N, L, 8) int64 entries of the flat table (level offsets added; corner
+        c = bx + 2 by + 4 bz, tcnn's order), ``frac`` (N, L, 3) = pos - floor(pos) (differentiable
+        in ``x``, d frac / dx = scale_l) and the dtype of the computation (float64 for float64 input).
         """
-        _check_points(x)
         n = x.shape[0]
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        n_feat = self.n_features_per_level
-
         # The scales are float32 values, so a .float() cast of the module keeps them exact.
         scales = self._scales.to(torch.float64)
         if self._scales.dtype not in (torch.float32, torch.float64):  # e.g. after .half(): rebuild
@@ -335,17 +362,152 @@ class TorchHashGrid(HashGrid):
             idx = torch.where(self._hashed[None, :, None, None, None], tx ^ ty ^ tz, tx + ty + tz)
         idx = idx.reshape(n, self.n_levels, 8)
         idx = (idx & _UINT32) % self._sizes[None, :, None] + self._offsets[None, :, None]
+        return idx, frac, dtype
 
-        w = torch.stack([1.0 - frac, frac], dim=-1)  # (N, L, 3, 2)
+    def _fused_entries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+        """``_corners`` with the same integer results, computed in fewer and smaller passes (the fused
+        CPU path). Hashed levels hold ``2^log2_hashmap_size`` entries, so ``(a ^ b ^ c) % size`` equals
+        ``(a % size) ^ (b % size) ^ (c % size)``: the reduction is applied to the (N, L, 3, 2) per-axis
+        terms and the corners combine in int32. Dense levels (the coarse ones, always first, since the
+        resolution grows with the level) keep the generic int64 sum, wrap-around included."""
+        lay = self.layout
+        n_dense = sum(1 for h in lay.hashed if not h)
+        if (
+            any(lay.hashed[:n_dense])
+            or lay.n_entries >= 2**31
+            or any(lay.sizes[level] & (lay.sizes[level] - 1) for level in range(n_dense, self.n_levels))
+        ):
+            return self._corners(x)  # a layout outside these assumptions: the generic computation
+        n = x.shape[0]
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        scales = self._scales.to(device=x.device, dtype=torch.float64)
+        if dtype == torch.float64:
+            pos = x[:, None, :] * scales[None, :, None] + 0.5
+        else:
+            pos = (x.to(torch.float64)[:, None, :] * scales[None, :, None] + 0.5).to(dtype)  # tcnn's fmaf
+        cell = torch.floor(pos)
+        frac = pos - cell
+        base = cell.to(torch.int64)
+        parts = []
+        if n_dense:
+            strides = self._strides[None, :n_dense, :]
+            lo = base[:, :n_dense] * strides
+            tx, ty, tz = torch.stack([lo, lo + strides], dim=-1).unbind(dim=2)
+            idx = tz[..., :, None, None] + ty[..., None, :, None] + tx[..., None, None, :]
+            idx = (idx.reshape(n, n_dense, 8) & _UINT32) % self._sizes[None, :n_dense, None]
+            parts.append((idx + self._offsets[None, :n_dense, None]).to(torch.int32))
+        if n_dense < self.n_levels:
+            strides = self._strides[None, n_dense:, :]
+            lo = base[:, n_dense:] * strides
+            size_mask = self._sizes[None, n_dense:, None, None] - 1
+            terms = (torch.stack([lo, lo + strides], dim=-1) & size_mask).to(torch.int32)  # (N, Lh, 3, 2)
+            tx, ty, tz = terms.unbind(dim=2)
+            idx = (tz[..., :, None, None] ^ ty[..., None, :, None]) ^ tx[..., None, None, :]
+            offsets = self._offsets[None, n_dense:, None].to(torch.int32)
+            parts.append(idx.reshape(n, self.n_levels - n_dense, 8) + offsets)
+        idx = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return idx, frac, dtype
+
+    def _table(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.params.to(dtype).view(-1, self.n_features_per_level)
+
+    @staticmethod
+    def _axis_weights(frac: torch.Tensor) -> torch.Tensor:
+        """(N, L, 3) fractions -> (N, L, 3, 2) per-axis weights of the lower and upper vertex."""
+        return torch.stack([1.0 - frac, frac], dim=-1)
+
+    def uses_fused_cpu_path(self, x: torch.Tensor) -> bool:
+        """Whether ``forward`` takes the fused CPU path (``embedding_bag``): CPU tensors whose value
+        needs no derivative with respect to ``x`` (none is asked for, so none of second order either).
+
+        ``embedding_bag`` gathers the 8 corners and sums them weighted in one pass (about 9x faster on
+        a CPU than the gather of (N, L, 8, F) corner features and the sum); it is differentiable once,
+        with respect to the table, which is all such a call needs. The values agree with the generic
+        path to float rounding (the corner sum may round in another order). CUDA tensors always take
+        the generic path, unchanged.
+        """
+        return x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode ``x (N, 3)`` in the normalized cube -> ``(N, n_levels * F)``, level-major.
+
+        float32 (or half) input gives float32 output; float64 input gives float64. Like
+        tcnn, points outside [0, 1]^3 are not clamped: their vertices wrap (dense levels) or
+        hash with the same uint32 arithmetic. Differentiable twice with respect to ``x`` and the
+        table (the generic path, the reference); on the CPU, where no derivative with respect to
+        ``x`` can be asked for, the fused path (``uses_fused_cpu_path``).
+        """
+        _check_points(x)
+        n = x.shape[0]
+        if self.uses_fused_cpu_path(x):
+            return self.forward_with_input_vjp(x, with_vjp=False)[0]
+        idx, frac, dtype = self._corners(x)
+        w = self._axis_weights(frac)  # (N, L, 3, 2)
         wx, wy, wz = w.unbind(dim=2)
         weights = (wz[..., :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).reshape(
             n, self.n_levels, 8
         )
-
-        table = self.params.to(dtype).view(-1, n_feat)
-        corner_features = table[idx]  # (N, L, 8, F)
+        corner_features = self._table(dtype)[idx]  # (N, L, 8, F)
         out = (weights[..., None] * corner_features).sum(dim=2)
         return out.reshape(n, self.n_output_dims)
+
+    def forward_with_input_vjp(
+        self, x: torch.Tensor, with_vjp: bool = True
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None]:
+        """The fused CPU path: features of ``x`` (N, 3) and ``vjp(v) = (d features / d x)^T v``.
+
+        ``x`` is a constant here (it must not require a gradient: ``uses_fused_cpu_path``), so the
+        input Jacobian of trilinear interpolation is known in closed form: per level and axis a,
+        ``d feat / d x_a = scale_l * sum_c (d w_c / d frac_a) T[idx_c]``, with ``d w_c / d frac_a``
+        the product of the other two axes' weights, signed by the corner's side on axis a. So
+        ``vjp(v) (N, 3) = sum_l scale_l sum_f v[n, l, f] * E_a[n, l, f]``, where E_a is one more
+        weighted corner sum (``embedding_bag``), differentiable with respect to the table and ``v``
+        (first order: what the eikonal loss's gradient with respect to the parameters needs). This
+        replaces the generic double backward through the (N, L, 8, F) gather. The features are
+        differentiable with respect to the table.
+
+        Args:
+            x: (N, 3) normalized positions, CPU, not requiring a gradient.
+            with_vjp: False computes the features only (``vjp`` is then None).
+
+        Returns:
+            features (N, n_levels * F) and ``vjp``: (N, n_levels * F) -> (N, 3).
+        """
+        _check_points(x)
+        if x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
+            raise ValueError("forward_with_input_vjp takes CPU points that do not require a gradient")
+        n, n_levels = x.shape[0], self.n_levels
+        with torch.no_grad():
+            idx, frac, dtype = self._fused_entries(x)
+            w = self._axis_weights(frac)
+            wx, wy, wz = (a[..., None, None, :] for a in w.unbind(dim=2))  # (N, L, 1, 1, 2)
+            wy, wz = wy.transpose(-1, -2), wz.transpose(-1, -3)  # (.., 1, 2, 1), (.., 2, 1, 1)
+            weights = (wz * wy * wx).reshape(n * n_levels, 8)
+        table = self._table(dtype)
+        bags = idx.reshape(n * n_levels, 8)
+        if not with_vjp:
+            return _CornerSums.apply(table, bags, weights[None])[0].reshape(n, self.n_output_dims), None
+        with torch.no_grad():
+            side = torch.tensor([-1.0, 1.0], dtype=dtype)  # d w / d frac of the lower, upper vertex
+            ds = (side * self._scales.to(dtype)[None, :, None])[..., None, None, :]  # (1, L, 1, 1, 2)
+            all_weights = torch.stack(
+                [
+                    weights,
+                    (wz * wy * ds).reshape(n * n_levels, 8),
+                    (wz * ds.transpose(-1, -2) * wx).reshape(n * n_levels, 8),
+                    (ds.transpose(-1, -3) * wy * wx).reshape(n * n_levels, 8),
+                ]
+            )
+        # The features and d features / d x_a (a = x, y, z) in one call, so one backward pass.
+        sums = _CornerSums.apply(table, bags, all_weights).reshape(4, n, self.n_output_dims)
+        features, jacobian = sums[0], sums[1:]
+
+        def vjp(v: torch.Tensor) -> torch.Tensor:
+            if v.shape != (n, self.n_output_dims):
+                raise ValueError(f"v must have shape {(n, self.n_output_dims)}, got {tuple(v.shape)}")
+            return (jacobian * v.to(dtype)).sum(dim=-1).t()
+
+        return features, vjp
 
 
 class TcnnHashGrid(HashGrid):

@@ -13,7 +13,7 @@ from torch import nn
 
 from neus2cli.compute import Compute
 from neus2cli.config import ModelConfig
-from neus2cli.model.encoding import HashGridConfig, level_feature_mask, make_hash_grid
+from neus2cli.model.encoding import HashGridConfig, TorchHashGrid, level_feature_mask, make_hash_grid
 from neus2cli.model.mlp import make_mlp
 from neus2cli.model.sdf_mlp import Impl as MLPImpl
 from neus2cli.model.sdf_mlp import sdf_mlp_fused, sdf_mlp_value
@@ -94,6 +94,8 @@ class SDFNetwork(nn.Module):
         ``create_graph=True`` keeps the graph of ``grad`` for the loss's second backward. ``x`` keeps
         its own graph when it has one (the dynamic global transform learns through it).
         """
+        if self.sdf_gradient == "closed_form" and self._fused_cpu_gradient(x):
+            return self._sdf_and_gradient_fused(x, create_graph)
         with torch.enable_grad():
             if not x.requires_grad:
                 x = x.detach().requires_grad_(True)
@@ -113,6 +115,30 @@ class SDFNetwork(nn.Module):
                 features, x, g_features.to(features.dtype), create_graph=create_graph, allow_unused=True
             )
         grad = g_x if grad_features is None else g_x + grad_features.to(g_x.dtype)
+        return outputs[:, 0] + self.sdf_bias, grad, outputs
+
+    def _fused_cpu_gradient(self, x: torch.Tensor) -> bool:
+        """The PyTorch hash grid on the CPU, at points without a graph of their own (everything but a
+        dynamic frame's learned transform): the grid's input Jacobian is then taken in closed form too."""
+        enc = self.encoding
+        return isinstance(enc, TorchHashGrid) and x.device.type == "cpu" and not x.requires_grad
+
+    def _sdf_and_gradient_fused(
+        self, x: torch.Tensor, create_graph: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``sdf_and_gradient`` with no autograd pass at all before the loss's backward: the MLP's input
+        gradient in closed form (``sdf_mlp_fused``) and the hash grid's through its explicit
+        vector-Jacobian product (``TorchHashGrid.forward_with_input_vjp``). ``x`` carries no gradient,
+        so nothing is spent on d loss / d x either. Equal to the generic path up to float rounding
+        (tests/test_sdf_closed_form.py)."""
+        x = x.detach()
+        with torch.enable_grad() if create_graph else torch.no_grad():
+            raw, vjp = self.encoding.forward_with_input_vjp(x)
+            # g_features is d out0 / d raw (the level mask included), the cotangent the grid's VJP takes.
+            outputs, g_x, g_features = sdf_mlp_fused(
+                x, raw, self.level_mask, self.hidden.weight, self.out.weight, impl=self.mlp_impl
+            )
+            grad = g_x + vjp(g_features).to(g_x.dtype)
         return outputs[:, 0] + self.sdf_bias, grad, outputs
 
 

@@ -15,7 +15,13 @@ from neus2cli.model.fields import NeuSModel
 from neus2cli.render.march import Impl as MarchImpl
 from neus2cli.render.march import march_rays, march_window
 from neus2cli.render.neus import neus_alpha, neus_alpha_from_sdf_pair
-from neus2cli.render.volrend import Impl, accumulate_along_rays, render_visibility_from_alpha, render_weight_from_alpha
+from neus2cli.render.volrend import (
+    Impl,
+    accumulate_along_rays,
+    render_transmittance_from_alpha,
+    render_visibility_from_alpha,
+    render_weight_from_alpha,
+)
 
 RayTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -96,6 +102,7 @@ def sample_along_rays(
     impl: Impl,
     march_impl: MarchImpl,
     jitter: torch.Tensor | None = None,
+    in_order_block: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fixed-step samples in the occupied cells of ``estimator`` (first level, over ``NORMALIZED_CUBE``),
     early-stopped by ``alpha_fn``.
@@ -106,8 +113,10 @@ def sample_along_rays(
     ``alpha_i >= min(alpha_thre, mean(occs))``. Rays (n_rays, 3) in the grid's (normalized) frame.
 
     ``jitter`` (n_rays,) U[0, 1) gives the stratified offsets; without it ``stratified`` draws them
-    from the global generator (nerfacc's draw). Returns ``ray_indices`` (n,) int64 sorted,
-    ``t_starts``, ``t_ends`` (n,) float32.
+    from the global generator (nerfacc's draw). ``in_order_block`` > 0 evaluates the pre-pass that many
+    samples per ray at a time, front to back, and stops at rays whose transmittance is spent
+    (``_visible_in_order``: the same samples, far fewer SDF evaluations); 0 evaluates every marched sample
+    at once. Returns ``ray_indices`` (n,) int64 sorted, ``t_starts``, ``t_ends`` (n,) float32.
     """
     aabb = NORMALIZED_CUBE  # host floats: reading the grid's box from the device would wait on the GPU
     if stratified and jitter is None:
@@ -122,12 +131,74 @@ def sample_along_rays(
         return ray_indices, t_starts, t_ends
     if alpha_thre > 0:
         alpha_thre = min(alpha_thre, estimator.occs.mean().item())
+    if in_order_block > 0:
+        keep = _visible_in_order(
+            alpha_fn, ray_indices, t_starts, t_ends, rays_o.shape[0], early_stop_eps, alpha_thre, impl, in_order_block
+        )
+        return ray_indices[keep], t_starts[keep], t_ends[keep]
     alphas = alpha_fn(t_starts, t_ends, ray_indices)
     keep = render_visibility_from_alpha(
         alphas, ray_indices=ray_indices, n_rays=rays_o.shape[0], early_stop_eps=early_stop_eps,
         alpha_thre=alpha_thre, impl=impl,
     )  # fmt: skip
     return ray_indices[keep], t_starts[keep], t_ends[keep]
+
+
+# Samples per ray per round of the in-order pre-pass of renders on the CPU (``_visible_in_order``).
+IN_ORDER_BLOCK = 16
+
+
+@torch.no_grad()
+def _visible_in_order(
+    alpha_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ray_indices: torch.Tensor,
+    t_starts: torch.Tensor,
+    t_ends: torch.Tensor,
+    n_rays: int,
+    early_stop_eps: float,
+    alpha_thre: float,
+    impl: Impl,
+    block: int,
+) -> torch.Tensor:
+    """``render_visibility_from_alpha`` of the pre-pass alphas, evaluated ``block`` samples per ray at a
+    time, front to back, skipping rays whose transmittance has fallen below ``early_stop_eps``.
+
+    Transmittance only decreases along a ray, so every sample after the one where it falls below
+    ``early_stop_eps`` is dropped by the full pass too: those samples need no SDF. A round takes the
+    samples of rank [r B, (r + 1) B) of the live rays, plus one sample on each side, so that
+    ``prepass_alpha`` sees the neighbours it reads (the next start, or the previous one to extrapolate):
+    the alphas are those of the full pass. The result is the full pass's mask, up to the rounding of
+    the transmittance products (a product over rounds instead of one scan; a sample on the threshold
+    itself may flip, changing a pixel by at most ``early_stop_eps``). Packed inputs (n,) sorted by ray
+    and t, as ``sample_along_rays`` has them; returns the (n,) bool mask.
+    """
+    n = ray_indices.shape[0]
+    counts = torch.bincount(ray_indices, minlength=n_rays)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n, device=ray_indices.device) - first[ray_indices]
+    trans = torch.ones(n_rays, dtype=t_starts.dtype, device=t_starts.device)  # before the round's samples
+    keep = torch.zeros(n, dtype=torch.bool, device=ray_indices.device)
+    max_rank = int(counts.max()) if n_rays else 0
+    for lo in range(0, max_rank, block):
+        live = trans[ray_indices] >= early_stop_eps
+        window = torch.nonzero(live & (rank >= lo - 1) & (rank <= lo + block)).squeeze(1)
+        if window.numel() == 0:
+            break
+        ri, ts, te = ray_indices[window], t_starts[window], t_ends[window]
+        alphas = alpha_fn(ts, te, ri)
+        core = rank[window] >= lo
+        core &= rank[window] < lo + block
+        ri, alphas, window = ri[core], alphas[core], window[core]
+        within = render_transmittance_from_alpha(alphas, ray_indices=ri, n_rays=n_rays, impl=impl)
+        sample_trans = trans[ri] * within
+        vis = sample_trans >= early_stop_eps
+        if alpha_thre > 0:
+            vis &= alphas >= alpha_thre
+        keep[window] = vis
+        # The transmittance after each ray's last sample of the round: one product per ray.
+        factor = torch.ones_like(trans).scatter_reduce_(0, ri, 1.0 - alphas, reduce="prod")
+        trans = trans * factor
+    return keep
 
 
 def render_rays(
@@ -196,6 +267,9 @@ def render_rays(
             impl=impl,
             march_impl=march_impl,
             jitter=jitter,
+            # Renders on the CPU stop evaluating a ray once it is opaque (the same samples, fewer SDF
+            # calls); training, and every CUDA path, keep the one-pass pre-pass.
+            in_order_block=IN_ORDER_BLOCK if not train and rays_o.device.type == "cpu" else 0,
         )
     n_samples = int(ray_indices.shape[0])
     if max_samples is not None and n_samples > max_samples:
@@ -240,8 +314,9 @@ def render_image_rays(
     chunk: int = 4096,
     early_stop_eps: float = 1e-4,
     alpha_thre: float = 1e-4,
+    on_chunk: Callable[[int, int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Render many rays in chunks without keeping graphs.
+    """Render many rays in chunks without keeping graphs; ``on_chunk(rays_done, n_rays)`` after each chunk.
 
     Samples with alpha below ``alpha_thre`` are skipped (each would add less than that to a pixel),
     which keeps the shell of low-opacity samples around a young surface from dominating the cost.
@@ -267,4 +342,6 @@ def render_image_rays(
         )
         for key in parts:
             parts[key].append(getattr(out, key).detach())
+        if on_chunk is not None:
+            on_chunk(min(start + chunk, rays_o.shape[0]), rays_o.shape[0])
     return {k: torch.cat(v) for k, v in parts.items()}

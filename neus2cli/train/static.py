@@ -87,7 +87,9 @@ def _new_trainer(cfg: Config, compute: Compute, scene: Scene, ckpt: dict | None,
     return trainer
 
 
-def _write_outputs(trainer: NeuSTrainer, scene: Scene, out_dir: Path, wall0: float, prior_seconds: float) -> dict:
+def _write_outputs(
+    trainer: NeuSTrainer, scene: Scene, out_dir: Path, wall0: float, prior_seconds: float, progress: bool = True
+) -> dict:
     """Mesh, renders, preview and, last, metrics of the finished run (EMA weights); returns the metrics.
 
     Steps, times and rates count every training segment of the run (``NeuSTrainer.train_seconds``);
@@ -104,12 +106,14 @@ def _write_outputs(trainer: NeuSTrainer, scene: Scene, out_dir: Path, wall0: flo
             resolution=cfg.output.mesh_resolution,
             color=cfg.output.mesh_color,
             min_component_fraction=cfg.output.remove_floaters,
+            progress=progress,
         )
         save_mesh(mesh, out_dir / "mesh.ply")
         mesh_seconds = time.perf_counter() - t_mesh
         wall_to_mesh = prior_seconds + time.perf_counter() - wall0
         test_views = scene.test_views[: cfg.output.render_test_views]
-        renders = render_views(field, test_views, load_images(test_views, progress=False), scene.normalization)
+        images = load_images(test_views, progress=progress)
+        renders = render_views(field, test_views, images, scene.normalization, progress=progress)
     save_renders(renders, out_dir / "renders")
     seconds = max(trainer.train_seconds, 1e-9)
     metrics = {
@@ -226,7 +230,7 @@ def train_static(
                 cfg.train.steps, description=f"train {scene.name}", progress=progress, on_checkpoint=on_checkpoint
             )
             on_checkpoint(trainer)
-        return out_dir, _write_outputs(trainer, scene, out_dir, wall0, prior_seconds)
+        return out_dir, _write_outputs(trainer, scene, out_dir, wall0, prior_seconds, progress)
     except (KeyboardInterrupt, TrainingInterrupted):
         if out_dir is None or not (out_dir / "config.json").is_file():
             raise KeyboardInterrupt from None  # stopped before the run existed: nothing to resume
@@ -252,4 +256,4 @@ def render_test_views(run_dir: str | Path, compute: Compute) -> list[dict]:
     views = scene.test_views
     if not views:
         raise UserError("the run's scene has no test views to evaluate.", path=scene.root)
-    return render_views(field, views, load_images(views, progress=True), scene.normalization)
+    return render_views(field, views, load_images(views, progress=True), scene.normalization, progress=True)

@@ -120,6 +120,7 @@ class NeuSTrainer:
         self.samples_seen = 0
         self.train_psnr = math.nan  # mean training PSNR over the last log window
         self._active_levels = -1
+        self._trained_leaves: list[torch.Tensor] | None = None  # see _backward_inputs
         t = cfg.train
         groups = [
             {"params": self.model.encoding_params(), "weight_decay": 0.0},
@@ -284,7 +285,10 @@ class NeuSTrainer:
                 loss = loss + t.mask_weight * mask_bce(out.opacity, mask[:, 0])
         if loss.requires_grad:
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # Only into what is trained (the field and ray_transform's parameters): a plain backward()
+            # would also fill the gradient of every leaf on the way, such as the sample positions the
+            # SDF gradient was taken at (a second-order pass through the hash grid, thrown away).
+            loss.backward(inputs=self._backward_inputs(loss))
             if not self.freeze_field:
                 self.optimizer.step()
                 self.ema.update()
@@ -294,6 +298,17 @@ class NeuSTrainer:
         else:
             self.n_rays = min(s.max_rays, self.n_rays * 2)
         return StepStats(loss.detach(), mse, n, out.n_samples)
+
+    def _backward_inputs(self, loss: torch.Tensor) -> list[torch.Tensor]:
+        """The leaves the eager step's backward fills: the optimiser's parameters and ray_transform's."""
+        if self._trained_leaves is None:
+            leaves = [p for group in self.optimizer.param_groups for p in group["params"]]
+            if self.ray_transform is not None:
+                leaves += list(self.ray_transform.parameters())
+            self._trained_leaves = leaves
+        # backward(inputs=...) refuses leaves the loss does not reach: the frozen sharpness, or the field
+        # during a pose-only phase, has requires_grad False (or no path) and is left out.
+        return [p for p in self._trained_leaves if p.requires_grad]
 
     # ----------------------------------------------------------------- loops
     def run(
@@ -339,7 +354,9 @@ class NeuSTrainer:
                     loss_sum = stats.loss if loss_sum is None else loss_sum + stats.loss
                     mse_sum = stats.mse if mse_sum is None else mse_sum + stats.mse
                     window_steps += 1
-                    if self.step % t.log_every == 0 or self.step == until_step:
+                    # Every log_every steps, and whenever the figures on show are a few seconds old
+                    # (slow steps: the bar must not sit at an old count for minutes).
+                    if self.step % t.log_every == 0 or self.step == until_step or bar.due():
                         loss_avg = float(loss_sum) / window_steps
                         psnr_avg = psnr_from_mse(float(mse_sum) / window_steps)
                         now = time.perf_counter()
@@ -351,6 +368,8 @@ class NeuSTrainer:
                         if not math.isfinite(loss_avg):
                             raise DivergenceError(f"non-finite loss before step {self.step}")
                         self.check_health()
+                    else:
+                        bar.update(self.step)  # the count only (cheap)
                     if on_checkpoint is not None and t.checkpoint_every > 0 and self.step % t.checkpoint_every == 0:
                         account()
                         on_checkpoint(self)
