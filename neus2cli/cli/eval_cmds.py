@@ -6,7 +6,6 @@ The command only parses and validates; the work is in ``neus2cli.eval``
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +40,10 @@ def _progress(enabled: bool) -> Iterator:
 
     with ProgressReporter(100, "evaluating (%)", console=err_console, transient=True) as bar:
         yield bar.report_fraction
+
+
+# GeometryOptions' fields named as this command's options, where the two differ.
+_OPTION_OF_FIELD = {"thresholds": "--threshold"}
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -149,29 +152,9 @@ def evaluate(
         _evaluate_run(target, json_out)
         return
 
-    from neus2cli.eval.geometry import GeometryOptions
+    from neus2cli.eval.geometry import GeometryOptions, InvalidOption
 
-    _positive("--density", density)
-    _positive("--clip", clip)
     _positive("--max-dist", max_dist)
-    if n_points is not None and n_points < 1:
-        raise UserError(f"--n-points must be at least 1, got {n_points}.")
-    if n_points is not None and density is not None:
-        raise UserError("give --n-points or --density, not both.")
-    if threshold:
-        for t in threshold:
-            _positive("--threshold", t)
-    if downsample is not None and downsample < 0:
-        raise UserError(f"--downsample must be >= 0, got {downsample}.")
-    if downsample_method not in (None, "voxel", "radius"):
-        raise UserError(f"--downsample-method must be 'voxel' or 'radius', got {downsample_method!r}.")
-    if crop is not None and not all(math.isfinite(v) for v in crop):
-        raise UserError(
-            f"--crop takes six finite numbers XMIN YMIN ZMIN XMAX YMAX ZMAX, got {list(crop)}; give the box's "
-            "bounds, e.g. --crop -1 -1 -1 1 1 1."
-        )
-    if crop is not None and not all(crop[i] < crop[i + 3] for i in range(3)):
-        raise UserError(f"--crop must be XMIN YMIN ZMIN XMAX YMAX ZMAX with each min < max, got {list(crop)}.")
     if plot is not None and plot.suffix.lower() != ".ply":
         raise UserError("--plot must name a .ply file (it stores per-vertex colours).", path=plot)
     if plot is not None:
@@ -179,21 +162,25 @@ def evaluate(
             raise UserError("--plot: is a folder, not a file.", path=plot, hint="Name a .ply file to write.")
         check_writable(plot, "--plot")  # before the evaluation, not after it
 
-    options = GeometryOptions(
-        thresholds=threshold or None,
-        n_points=n_points,
-        density=density,
-        seed=seed,
-        clip=clip,
-        crop=None if crop is None else [crop[:3], crop[3:]],
-        scale_mat=scale_mat,
-        scale_mat_index=scale_mat_index,
-        downsample=downsample,
-        downsample_method=downsample_method,
-        check_units=not no_check_units,
-        units=units or ("mm" if dtu_official is not None else "GT units"),
-        plot=plot,
-    )
+    try:
+        options = GeometryOptions(
+            thresholds=threshold or None,
+            n_points=n_points,
+            density=density,
+            seed=seed,
+            clip=clip,
+            crop=None if crop is None else [crop[:3], crop[3:]],
+            scale_mat=scale_mat,
+            scale_mat_index=scale_mat_index,
+            downsample=downsample,
+            downsample_method=downsample_method,
+            check_units=not no_check_units,
+            units=units or ("mm" if dtu_official is not None else "GT units"),
+            plot=plot,
+        )
+    except InvalidOption as exc:  # the library checks the ranges; name the option as typed here
+        flags = [_OPTION_OF_FIELD.get(f, "--" + f.replace("_", "-")) for f in exc.fields]
+        raise UserError(f"{' and '.join(flags)} {exc.reason}.") from None
 
     if dtu_official is not None:
         if scan is None:

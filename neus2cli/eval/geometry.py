@@ -100,6 +100,16 @@ class PointSample:
         return PointSample(self.points[index], None if self.normals is None else self.normals[index])
 
 
+class InvalidOption(ValueError):
+    """``GeometryOptions`` fields out of range: ``fields`` names them, ``reason`` says why (a command
+    maps the fields to its own option names)."""
+
+    def __init__(self, fields: str | tuple[str, ...], reason: str):
+        self.fields = (fields,) if isinstance(fields, str) else tuple(fields)
+        self.reason = reason
+        super().__init__(" and ".join(f"GeometryOptions.{f}" for f in self.fields) + f" {reason}")
+
+
 @dataclass
 class GeometryOptions:
     """How ``evaluate_geometry`` (and the official DTU protocol) sample and compare.
@@ -146,28 +156,30 @@ class GeometryOptions:
 
     def __post_init__(self) -> None:
         if self.n_points is not None and self.density is not None:
-            raise ValueError("GeometryOptions: give n_points or density, not both")
+            raise InvalidOption(("n_points", "density"), "exclude each other: give one, not both")
         if self.n_points is not None and self.n_points < 1:
-            raise ValueError(f"GeometryOptions.n_points must be >= 1, got {self.n_points}")
+            raise InvalidOption("n_points", f"must be at least 1, got {self.n_points}")
         if self.density is not None and not self.density > 0:
-            raise ValueError(f"GeometryOptions.density must be > 0, got {self.density}")
+            raise InvalidOption("density", f"must be a positive number, got {self.density}")
         if self.thresholds is not None:
             self.thresholds = [float(t) for t in self.thresholds]
             if not self.thresholds or any(not (np.isfinite(t) and t > 0) for t in self.thresholds):
-                raise ValueError(f"GeometryOptions.thresholds must be positive numbers, got {self.thresholds}")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"GeometryOptions.clip must be > 0, got {self.clip}")
+                raise InvalidOption("thresholds", f"must be positive numbers, got {self.thresholds}")
+        if self.clip is not None and not (self.clip > 0 and np.isfinite(self.clip)):
+            raise InvalidOption("clip", f"must be a positive number, got {self.clip}")
         if self.crop is not None:
             crop = np.asarray(self.crop, dtype=np.float64).reshape(2, 3)
+            if not np.isfinite(crop).all():
+                raise InvalidOption(
+                    "crop", f"must be six finite numbers XMIN YMIN ZMIN XMAX YMAX ZMAX, got {crop.ravel().tolist()}"
+                )
             if np.any(crop[1] <= crop[0]):
-                raise ValueError(f"GeometryOptions.crop must be [min, max] with min < max, got {crop.tolist()}")
+                raise InvalidOption("crop", f"must be [min, max] with each min < max, got {crop.tolist()}")
             self.crop = crop
-        if self.downsample is not None and self.downsample < 0:
-            raise ValueError(f"GeometryOptions.downsample must be >= 0, got {self.downsample}")
+        if self.downsample is not None and not self.downsample >= 0:
+            raise InvalidOption("downsample", f"must be >= 0, got {self.downsample}")
         if self.downsample_method not in (None, "voxel", "radius"):
-            raise ValueError(
-                f"GeometryOptions.downsample_method must be 'voxel' or 'radius', got {self.downsample_method!r}"
-            )
+            raise InvalidOption("downsample_method", f"must be 'voxel' or 'radius', got {self.downsample_method!r}")
 
 
 @dataclass
