@@ -231,6 +231,11 @@ def list_presets() -> list[str]:
     return sorted(p.name[: -len(".json")] for p in preset_dir().iterdir() if p.name.endswith(".json"))
 
 
+def demo_preset(backend: str) -> str:
+    """The preset of the bundled demo scene: ``demo`` sized for 2 CPU cores, ``demo-gpu`` for the tcnn path."""
+    return "demo-gpu" if backend == "tcnn" else "demo"
+
+
 def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     """Convert ``value`` (from JSON or a ``--set`` string) to the field's type."""
     ann = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None

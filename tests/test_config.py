@@ -11,7 +11,7 @@ from neus2cli.errors import UserError
 
 
 def test_presets_exist_and_load():
-    assert {"base", "dtu", "fast", "demo"} <= set(list_presets())
+    assert {"base", "dtu", "fast", "demo", "demo-gpu"} <= set(list_presets())
     for name in list_presets():
         cfg = resolve_config(name)
         assert cfg.train.steps > 0
@@ -193,3 +193,12 @@ def test_check_resumable_names_the_key():
     assert check_resumable(stored, changed) == {"train.steps": (400, 900), "output.render_test_views": (2, 0)}
     with pytest.raises(UserError, match="model.n_levels"):
         check_resumable(stored, resolve_config("fast", ["model.n_levels=4"]))
+
+
+def test_demo_preset_follows_the_backend():
+    # `neus2 train` with no scene: the CPU-sized demo unless the tinycudann path runs.
+    from neus2cli.config import demo_preset
+
+    assert demo_preset("torch") == "demo" and demo_preset("tcnn") == "demo-gpu"
+    gpu = resolve_config("demo-gpu")
+    assert gpu.sampling.target_samples == 2**18 and gpu.train.steps == 2000  # base's batch, a short run

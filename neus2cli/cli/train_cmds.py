@@ -96,20 +96,22 @@ def train(
         # KeyboardInterrupt is matched first: before the imports below finish, the second name is unbound.
         try:
             from neus2cli.compute import resolve_compute
-            from neus2cli.config import ConfigRequest
+            from neus2cli.config import ConfigRequest, demo_preset
             from neus2cli.train.run import run_config
             from neus2cli.train.static import train_static
             from neus2cli.train.trainer import TrainingInterrupted
 
+            default_preset = "base"
             if scene is None:
                 from data_tools import demo_scene_path
 
-                err_console.print("No scene given: training the bundled demo scene.")
+                default_preset = demo_preset(resolve_compute(backend.value if backend else "auto").backend)
+                err_console.print(f"No scene given: training the bundled demo scene ({default_preset} preset).")
             request = ConfigRequest(
                 config,
                 tuple(overrides),
                 {"train.steps": steps, "backend": backend.value if backend else None},
-                default_preset="base" if scene is not None else "demo",
+                default_preset=default_preset,
             )
             cfg = run_config(request, out, resume=resume)
             run_dir, metrics = train_static(
