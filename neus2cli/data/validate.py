@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from neus2cli.data.cameras import rigidity_error
+from neus2cli.data.hull import carve_hull, pixel_lookup
 from neus2cli.data.images import decode_view, map_views
 from neus2cli.data.rays import project_points
 from neus2cli.data.scene import Normalization, Scene, View
@@ -299,39 +300,16 @@ def carve(
     half: float,
     resolution: int = CARVE_RESOLUTION,
 ) -> CarveResult:
-    """Visual hull of the masks on a ``resolution``^3 grid over the cube ``centre`` +- ``half`` (world).
-
-    A voxel (its centre) is kept when every view has it in front of the camera,
-    inside the image and on foreground: the standard visual hull, which contains the
-    object when the object is fully visible in every view. (Letting views that do not
-    see a voxel abstain inflates the hull along the mean viewing direction when the
-    cameras cover only a cap, as in DTU, so they vote against it.)
-    """
+    """Visual hull of the masks (``carve_hull``'s rule) on a ``resolution``^3 grid over the cube
+    ``centre`` +- ``half`` (world), at voxel centres."""
     if resolution < 2:
         raise ValueError(f"resolution must be >= 2, got {resolution}")
     voxel = 2 * half / resolution
     axis = (np.arange(resolution) + 0.5) * voxel - half
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3) + centre
-    alive = torch.arange(len(grid))  # indices of voxels no view has carved yet
-    for view, summary in zip(views, summaries, strict=True):
-        dist = None if view.distortion is None else torch.as_tensor(view.distortion, dtype=torch.float64)
-        uv, depth = project_points(
-            torch.as_tensor(grid[alive.numpy()], dtype=torch.float64),
-            torch.as_tensor(view.K, dtype=torch.float64),
-            torch.as_tensor(view.c2w, dtype=torch.float64),
-            dist,
-        )
-        inside = (depth > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < view.width) & (uv[:, 1] >= 0) & (uv[:, 1] < view.height)
-        alive, uv = alive[inside], uv[inside]
-        # The pixel holding continuous coordinate uv (centres at +0.5) is floor(uv).
-        small = torch.from_numpy(summary.small)
-        row = torch.floor(uv[:, 1] / summary.factor).long().clamp(0, small.shape[0] - 1)
-        col = torch.floor(uv[:, 0] / summary.factor).long().clamp(0, small.shape[1] - 1)
-        alive = alive[small[row, col]]
-        if len(alive) == 0:
-            break
-    keep = torch.zeros(len(grid), dtype=torch.bool)
-    keep[alive] = True
+    # The small masks are max-pooled (a block is foreground if any of its pixels is): no real content is cut.
+    lookups = [pixel_lookup(torch.from_numpy(s.small), s.factor) for s in summaries]
+    keep = carve_hull(torch.as_tensor(grid, dtype=torch.float64), views, lookups)
     occupied = keep.reshape(resolution, resolution, resolution).numpy()
     n_occ = int(occupied.sum())
     if n_occ == 0:
