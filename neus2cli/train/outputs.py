@@ -6,6 +6,7 @@ static runs, dynamic frames and exports all mesh and render through it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,22 @@ def empty_field(cfg: Config, compute: Compute) -> TrainedField:
     )
 
 
+def field_color_fn(field: TrainedField) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The field's colour seen along the surface normal: (N, 3) normalized points -> (N, 3) RGB.
+
+    The view direction is ``-normalize(grad sdf)`` at each point (the camera looking straight at the
+    surface). Vertex colours and baked textures both use this function, so they agree.
+    """
+    model = field.model
+
+    def color_fn(x: torch.Tensor) -> torch.Tensor:
+        _, grad, outputs = model.sdf_and_gradient(x, create_graph=False)
+        view_dir = -torch.nn.functional.normalize(grad, dim=-1)
+        return model.color(outputs, view_dir, x, grad)
+
+    return color_fn
+
+
 @torch.no_grad()
 def mesh_of_field(
     field: TrainedField,
@@ -71,12 +88,6 @@ def mesh_of_field(
     """Marching cubes on the field's SDF, in world coordinates; colours seen along the normal
     (view direction = -normal). ``bbox``: (2, 3) region in the normalized frame (default the unit cube)."""
     model = field.model
-
-    def color_fn(x: torch.Tensor) -> torch.Tensor:
-        _, grad, outputs = model.sdf_and_gradient(x, create_graph=False)
-        view_dir = -torch.nn.functional.normalize(grad, dim=-1)
-        return model.color(outputs, view_dir, x, grad)
-
     model.eval()
     return extract_mesh(
         model.sdf,
@@ -84,7 +95,7 @@ def mesh_of_field(
         resolution=resolution,
         bbox=bbox,
         device=field.compute.device,
-        color_fn=color_fn if color else None,
+        color_fn=field_color_fn(field) if color else None,
         min_component_fraction=min_component_fraction,
     )
 
