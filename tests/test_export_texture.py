@@ -133,6 +133,7 @@ def test_textured_is_refused_with_no_color(tmp_path, capsys):
 # ----------------------------------------------------------------------------- trained fields, CLI
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    pytest.importorskip("xatlas")  # before training: its only user needs it
     from neus2cli.config import resolve_config
     from neus2cli.train.static import train_static
     from tests.scenes import static_scene
