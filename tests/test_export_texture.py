@@ -182,6 +182,7 @@ def _check_texture_against_ply(
         ell = texel_length(normalized(mesh.vertices), mesh.faces, uv, image.size[0])
         tol = 2 * slope * 2.5 * ell + 1.0 / 255
         err = np.abs(trimesh.visual.color.uv_to_color(uv, image)[:, :3] / 255 - colors[index]).max(1)
+        print(f"{kind}: texture vs vertex colours max {err.max():.4f}, bound {tol:.4f}")
         assert err.max() < tol, (kind, err.max(), tol)
 
 

@@ -124,6 +124,15 @@ def test_missing_pycolmap_names_the_extra(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.skipif(not HAS_PYCOLMAP, reason="pycolmap not installed (pip install 'neus2cli[colmap]')")
+def test_photos_that_cannot_be_posed_are_a_user_error(tmp_path):
+    # Independent noise images: features, but no two photos of one scene (~2 s).
+    folder = write_photos(tmp_path / "photos", 4, size=64)
+    result = run_cli(["prepare", str(folder), str(tmp_path / "out"), "--no-progress"])
+    assert result.code == 2 and "could not pose the photos" in result.text and "Traceback" not in result.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # no OUT, no temporary folder
+
+
 def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """Least-squares s, R, t with dst ~ s R src + t for (N, 3) point sets (Umeyama 1991)."""
     mu_s, mu_d = src.mean(0), dst.mean(0)

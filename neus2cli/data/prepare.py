@@ -157,7 +157,8 @@ def prepare_scene(
         max_image_size: photos are downscaled to this longest side for feature extraction only
             (poses and intrinsics stay in the photos' own pixels).
         num_threads: CPU threads for COLMAP (-1: all).
-        seed: COLMAP's random seed (RANSAC, initial pair trials): same photos, same seed, same model.
+        seed: COLMAP's random seed (RANSAC, initial pair trials). With several threads, runs still
+            differ slightly (measured: 3236 vs 3245 points, cameras within 0.3 % of the truth in both).
         progress: a line (or bar) per phase on stderr.
 
     Raises:
@@ -199,8 +200,9 @@ def _run_sfm(
         shutil.copy2(path, image_dir / path.name)
     database = root / "database.db"
     n = len(photos)
-    # COLMAP logs every step through glog on stderr; our progress lines say what matters.
-    pycolmap.logging.minloglevel = 2
+    # COLMAP logs every step (and its failures, which become our UserErrors) through glog on
+    # stderr; our progress lines and messages say what matters. 3: fatal only.
+    pycolmap.logging.minloglevel = 3
 
     # One camera when every photo has the same size (one camera, one zoom: the usual capture): its
     # intrinsics are then fitted to all photos at once. COLMAP's "auto" mode would give each photo
