@@ -65,3 +65,34 @@ def dynamic_scene(
         shading=Shading(supersample=1),
         progress=False,
     )
+
+
+def speckled_blob(seed: int = 0, n_lat: int = 48, n_lon: int = 96, texture: int = 1024) -> trimesh.Trimesh:
+    """``lumpy_ellipsoid``'s shape as a latitude-longitude mesh with a speckled texture, for SfM.
+
+    Structure from motion needs many distinct image features on a surface that is not planar
+    (a textured cube fails: each view is dominated by one plane, and COLMAP's two-view
+    geometries come out planar). The texture is grey noise smoothed at 1.5, 4 and 10 texels,
+    summed, with a warm tint; UVs are longitude/latitude (seam vertices duplicated, so no
+    triangle spans the seam).
+    """
+    from PIL import Image
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    theta, phi = np.meshgrid(np.linspace(0, np.pi, n_lat + 1), np.linspace(0, 2 * np.pi, n_lon + 1), indexing="ij")
+    v = np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], -1).reshape(-1, 3)
+    uv = np.stack([phi / (2 * np.pi), 1 - theta / np.pi], -1).reshape(-1, 2)
+    idx = np.arange(len(v)).reshape(n_lat + 1, n_lon + 1)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, 1:], idx[1:, :-1]
+    faces = np.concatenate([np.stack([a, d, c], -1).reshape(-1, 3), np.stack([a, c, b], -1).reshape(-1, 3)])
+    v = v * np.array([1.0, 0.75, 0.6])
+    v[:, 2] += 0.35 * np.exp(-((v[:, 0] - 0.45) ** 2 + v[:, 1] ** 2) / 0.06) * (v[:, 2] > 0)
+    noise = np.zeros((texture // 2, texture))
+    for sigma in (1.5, 4.0, 10.0):
+        n = ndimage.gaussian_filter(rng.standard_normal(noise.shape), sigma, mode="wrap")
+        noise += n / n.std()
+    rgb = np.clip(0.5 + 0.15 * noise, 0, 1)[..., None] * np.array([1.0, 0.85, 0.7])
+    mesh = trimesh.Trimesh(v, faces, process=False)
+    mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray((255 * rgb).astype(np.uint8)))
+    return mesh

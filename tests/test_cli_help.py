@@ -55,6 +55,7 @@ def test_every_command_is_covered():
         "inspect",
         "convert-neus",
         "doctor",
+        "prepare",
     }
 
 

@@ -919,8 +919,9 @@ def test_bad_input(row, tmp_path, shared, monkeypatch):
 
 def test_table_covers_every_command_with_150_rows():
     from tests.test_cli_help import COMMANDS
+    from tests.test_prepare import ROWS as PREPARE  # prepare's rows build photo folders of their own
 
-    rows = [r for _, r in TABLE] + INSPECT + CONVERT
+    rows = [r for _, r in TABLE] + INSPECT + CONVERT + PREPARE
     ids = [i for i, _ in TABLE]
     assert len(set(ids)) == len(ids)
     assert len(rows) >= 150

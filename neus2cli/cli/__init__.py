@@ -35,7 +35,7 @@ err_console = Console(stderr=True)
 
 def _register_commands() -> None:
     # Imported for their side effect of adding commands to ``app``.
-    from neus2cli.cli import data_cmds, eval_cmds, train_cmds  # noqa: F401
+    from neus2cli.cli import data_cmds, eval_cmds, prepare_cmds, train_cmds  # noqa: F401
 
 
 def report_user_error(err: UserError) -> None:

@@ -195,6 +195,16 @@ def export_mesh(
     ),
     frame: int | None = typer.Option(None, "--frame", help="Frame index of a dynamic run."),
     backend: BackendChoice = typer.Option(BackendChoice.auto, "--backend", help="Compute path."),
+    textured: bool = typer.Option(
+        False,
+        "--textured",
+        help="Also write STEM.obj (+ .mtl, STEM_texture.png) and STEM.glb with a UV atlas and a texture baked "
+        "from the colour network, besides STEM.ply; STEM is --out without its suffix. "
+        "Needs the extra neus2cli[texture].",
+    ),
+    texture_size: int = typer.Option(
+        1024, "--texture-size", min=64, max=8192, help="Texture width and height in texels (with --textured)."
+    ),
 ) -> None:
     """Extract a coloured, watertight mesh in the scene's world coordinates.
 
@@ -212,6 +222,24 @@ def export_mesh(
             f"--remove-floaters is a fraction of the largest component's size, from 0 (keep all) to 1; "
             f"got {min_component}."
         )
+    if textured:
+        from neus2cli.train.run_mesh import export_run_textured_mesh
+
+        if no_color:
+            raise UserError("--textured bakes the colours into a texture; it cannot be combined with --no-color.")
+        paths = export_run_textured_mesh(
+            checkpoint,
+            out=out,
+            resolution=resolution,
+            texture_size=texture_size,
+            bbox_world=bbox_world,
+            min_component_fraction=min_component,
+            frame=frame,
+            compute=resolve_compute(backend.value),
+        )
+        for path in paths.values():
+            console.print(Text.assemble(("wrote", "green"), f" {path}"), highlight=False, soft_wrap=True)
+        return
     path = export_run_mesh(
         checkpoint,
         out=out,

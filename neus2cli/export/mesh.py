@@ -162,6 +162,19 @@ def remove_small_components(mesh: trimesh.Trimesh, min_fraction: float) -> trime
     return trimesh.Trimesh(np.asarray(mesh.vertices)[used], new_index[faces[keep]], visual=visual, process=False)
 
 
+@torch.no_grad()
+def evaluate_colors(color_fn: ColorFn, points: np.ndarray, device: torch.device, chunk: int = 2**18) -> np.ndarray:
+    """``color_fn`` on (N, 3) ``points`` (the frame it expects), ``chunk`` points per call -> (N, 3) float32 numpy.
+
+    What paints vertex colours (``extract_mesh``) and texels (``texture.bake_texture``) alike.
+    """
+    pts = torch.as_tensor(np.asarray(points), dtype=torch.float32, device=device)
+    if len(pts) == 0:
+        return np.zeros((0, 3), dtype=np.float32)
+    rgb = torch.cat([color_fn(pts[s : s + chunk]).detach() for s in range(0, pts.shape[0], chunk)])
+    return rgb.float().cpu().numpy()
+
+
 def extract_mesh(
     sdf_fn: SdfFn,
     normalization: Normalization,
@@ -194,9 +207,8 @@ def extract_mesh(
     mesh = _merged_mesh(verts, faces)
     mesh = remove_small_components(mesh, min_component_fraction)
     if color_fn is not None and len(mesh.vertices):
-        pts = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32, device=device)
-        rgb = torch.cat([color_fn(pts[s : s + chunk]).detach() for s in range(0, pts.shape[0], chunk)])
-        rgba = np.concatenate([np.clip(rgb.cpu().numpy() * 255 + 0.5, 0, 255), np.full((len(pts), 1), 255)], 1)
+        rgb = evaluate_colors(color_fn, np.asarray(mesh.vertices), device, chunk)
+        rgba = np.concatenate([np.clip(rgb * 255 + 0.5, 0, 255), np.full((len(rgb), 1), 255)], 1)
         mesh.visual.vertex_colors = rgba.astype(np.uint8)
     mesh.vertices = normalization.normalized_to_world(np.asarray(mesh.vertices))
     return mesh

@@ -60,6 +60,22 @@ def empty_field(cfg: Config, compute: Compute) -> TrainedField:
     )
 
 
+def field_color_fn(field: TrainedField) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The field's colour seen along the surface normal: (N, 3) normalized points -> (N, 3) RGB.
+
+    The view direction is ``-normalize(grad sdf)`` at each point (the camera looking straight at the
+    surface). Vertex colours and baked textures both use this function, so they agree.
+    """
+    model = field.model
+
+    def color_fn(x: torch.Tensor) -> torch.Tensor:
+        _, grad, outputs = model.sdf_and_gradient(x, create_graph=False)
+        view_dir = -torch.nn.functional.normalize(grad, dim=-1)
+        return model.color(outputs, view_dir, x, grad)
+
+    return color_fn
+
+
 @torch.no_grad()
 def mesh_of_field(
     field: TrainedField,
@@ -76,12 +92,6 @@ def mesh_of_field(
     ``progress``: report the SDF grid's slabs as they are evaluated (``neus2cli.progress``)."""
     model = field.model
     device = field.compute.device
-
-    def color_fn(x: torch.Tensor) -> torch.Tensor:
-        _, grad, outputs = model.sdf_and_gradient(x, create_graph=False)
-        view_dir = -torch.nn.functional.normalize(grad, dim=-1)
-        return model.color(outputs, view_dir, x, grad)
-
     model.eval()
     with ProgressReporter(resolution, "meshing (SDF slabs)", enabled=progress) as bar:
         return extract_mesh(
@@ -90,7 +100,7 @@ def mesh_of_field(
             resolution=resolution,
             bbox=bbox,
             device=device,
-            color_fn=color_fn if color else None,
+            color_fn=field_color_fn(field) if color else None,
             min_component_fraction=min_component_fraction,
             # On the CPU, 2^18 points per SDF call (about 0.3 GB of hash-grid temporaries) instead of
             # CUDA's 2^21: the larger chunks buy nothing there and took the demo's peak RSS to 8 GB.

@@ -6,15 +6,17 @@ import os
 from pathlib import Path
 
 import numpy as np
+import trimesh
 
 from neus2cli.compute import Compute
 from neus2cli.data.scene import Normalization
 from neus2cli.errors import UserError
 from neus2cli.export.mesh import save_mesh
+from neus2cli.export.texture import bake_texture, import_xatlas, save_textured_mesh, textured_mesh
 from neus2cli.io import check_writable
 from neus2cli.train.checkpoint import field_from_checkpoint, find_checkpoint, load_checkpoint
 from neus2cli.train.frames import field_for_frame, frame_dir
-from neus2cli.train.outputs import mesh_of_field
+from neus2cli.train.outputs import TrainedField, field_color_fn, mesh_of_field
 
 
 def mesh_path(out: str | Path | None, *, default: Path, name: str, fmt: str) -> Path:
@@ -50,6 +52,65 @@ def mesh_path(out: str | Path | None, *, default: Path, name: str, fmt: str) -> 
     return path
 
 
+def _is_dynamic(checkpoint: Path, frame: int | None) -> bool:
+    """A frame of a dynamic run is asked for; ``UserError`` for a dynamic run folder without ``frame``."""
+    dynamic = frame is not None or (checkpoint.is_dir() and (checkpoint / "frames").is_dir())
+    if dynamic and frame is None:
+        raise UserError("this is a dynamic run: say which frame to export with --frame k.", path=checkpoint)
+    return dynamic
+
+
+def _output_names(checkpoint: Path, frame: int | None, stem: str) -> tuple[Path, str]:
+    """(default folder, file stem inside a folder given as --out) of an export: beside the checkpoint,
+    or in the frame's folder; a frame exported into a shared folder is prefixed so frames do not collide."""
+    if _is_dynamic(checkpoint, frame):
+        return frame_dir(checkpoint, frame), f"frame_{frame:04d}_{stem}"
+    return find_checkpoint(checkpoint).parent, stem
+
+
+def _run_field(
+    checkpoint: Path, frame: int | None, compute: Compute
+) -> tuple[TrainedField, Normalization, np.ndarray | None]:
+    """The field to mesh, its normalization and the 4x4 canonical -> frame world matrix (dynamic runs,
+    else None)."""
+    if _is_dynamic(checkpoint, frame):
+        return field_for_frame(checkpoint, frame, compute)
+    ckpt = load_checkpoint(checkpoint)
+    field = field_from_checkpoint(ckpt, compute)
+    return field, Normalization.from_dict(ckpt["normalization"]), None
+
+
+def _field_mesh(
+    checkpoint: Path,
+    field: TrainedField,
+    normalization: Normalization,
+    *,
+    resolution: int,
+    bbox_world: np.ndarray | None,
+    color: bool,
+    min_component_fraction: float,
+) -> trimesh.Trimesh:
+    """Marching cubes of ``field`` in the (canonical) world frame; an empty mesh is a ``UserError``."""
+    bbox = None
+    if bbox_world is not None:
+        bbox = normalization.world_to_normalized(np.asarray(bbox_world, dtype=np.float64).reshape(2, 3))
+    mesh = mesh_of_field(
+        field,
+        normalization,
+        resolution=resolution,
+        color=color,
+        bbox=bbox,
+        min_component_fraction=min_component_fraction,
+    )
+    if len(mesh.faces) == 0:
+        raise UserError(
+            "the SDF has no zero crossing in the export region, so the mesh is empty.",
+            path=checkpoint,
+            hint="Check --bbox (world units), or train longer.",
+        )
+    return mesh
+
+
 def export_run_mesh(
     checkpoint: str | Path,
     *,
@@ -72,42 +133,80 @@ def export_run_mesh(
         bbox_world: optional (2, 3) region in world units (default: the normalized unit cube).
     """
     checkpoint = Path(checkpoint)
-    dynamic = frame is not None or (checkpoint.is_dir() and (checkpoint / "frames").is_dir())
-    if dynamic and frame is None:
-        raise UserError("this is a dynamic run: say which frame to export with --frame k.", path=checkpoint)
-    name = f"mesh_{resolution}.{fmt}"
-    if dynamic:
-        default = frame_dir(checkpoint, frame) / name
-        name = f"frame_{frame:04d}_{name}"  # frames exported into one folder must not collide
-    else:
-        default = find_checkpoint(checkpoint).parent / name
-    path = mesh_path(out, default=default, name=name, fmt=fmt)
-
-    if dynamic:
-        field, normalization, world_from_canonical = field_for_frame(checkpoint, frame, compute)
-    else:
-        ckpt = load_checkpoint(checkpoint)
-        field = field_from_checkpoint(ckpt, compute)
-        normalization = Normalization.from_dict(ckpt["normalization"])
-        world_from_canonical = None
-
-    bbox = None
-    if bbox_world is not None:
-        bbox = normalization.world_to_normalized(np.asarray(bbox_world, dtype=np.float64).reshape(2, 3))
-    mesh = mesh_of_field(
+    folder, stem = _output_names(checkpoint, frame, f"mesh_{resolution}")
+    path = mesh_path(out, default=folder / f"mesh_{resolution}.{fmt}", name=f"{stem}.{fmt}", fmt=fmt)
+    field, normalization, world_from_canonical = _run_field(checkpoint, frame, compute)
+    mesh = _field_mesh(
+        checkpoint,
         field,
         normalization,
         resolution=resolution,
+        bbox_world=bbox_world,
         color=color,
-        bbox=bbox,
         min_component_fraction=min_component_fraction,
     )
     if world_from_canonical is not None:
         mesh.apply_transform(world_from_canonical)
-    if len(mesh.faces) == 0:
-        raise UserError(
-            "the SDF has no zero crossing in the export region, so the mesh is empty.",
-            path=checkpoint,
-            hint="Check --bbox (world units), or train longer.",
-        )
     return save_mesh(mesh, path)
+
+
+def export_run_textured_mesh(
+    checkpoint: str | Path,
+    *,
+    compute: Compute,
+    out: Path | None = None,
+    resolution: int = 512,
+    texture_size: int = 1024,
+    bbox_world: np.ndarray | None = None,
+    min_component_fraction: float = 0.0,
+    frame: int | None = None,
+) -> dict[str, Path]:
+    """Write the vertex-coloured PLY plus a UV-mapped OBJ (+ MTL + PNG) and GLB, all in the world frame.
+
+    The files are STEM.ply, STEM.obj, STEM.mtl, STEM_texture.png and STEM.glb, STEM being ``out``
+    without its suffix (default ``mesh_<resolution>`` next to the checkpoint or in the frame's
+    folder; an existing folder, or a path ending in a separator, receives them under that name).
+    The texture (``texture_size`` squared texels) is baked in the field's normalized (canonical)
+    frame with the colour function of the vertex colours; a dynamic frame's meshes are then moved
+    into that frame's world. Returns the paths by kind ("ply", "obj", "mtl", "png", "glb").
+    """
+    import_xatlas()  # before minutes of meshing: a missing extra is reported first
+    checkpoint = Path(checkpoint)
+    if out is not None and Path(out).suffix.lower() not in ("", ".ply", ".obj", ".glb"):
+        raise UserError(
+            "with --textured, --out names the files' common stem (a suffix of .ply, .obj or .glb is dropped).",
+            path=out,
+        )
+    folder, name = _output_names(checkpoint, frame, f"mesh_{resolution}")
+    if out is None:
+        stem = folder / f"mesh_{resolution}"
+    elif str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+        stem = Path(out) / name
+    else:
+        stem = Path(out).with_suffix("")
+    for suffix in (".ply", ".obj", ".glb"):  # before minutes of meshing and baking
+        check_writable(stem.with_name(stem.name + suffix), "--out")
+    field, normalization, world_from_canonical = _run_field(checkpoint, frame, compute)
+    mesh = _field_mesh(
+        checkpoint,
+        field,
+        normalization,
+        resolution=resolution,
+        bbox_world=bbox_world,
+        color=True,
+        min_component_fraction=min_component_fraction,
+    )
+    baked = bake_texture(
+        normalization.world_to_normalized(np.asarray(mesh.vertices)),
+        mesh.faces,
+        field_color_fn(field),
+        size=texture_size,
+        device=compute.device,
+    )
+    textured = textured_mesh(np.asarray(mesh.vertices), baked, name=stem.name)
+    if world_from_canonical is not None:
+        mesh.apply_transform(world_from_canonical)
+        textured.apply_transform(world_from_canonical)
+    paths = {"ply": save_mesh(mesh, stem.with_name(stem.name + ".ply"))}
+    paths.update(save_textured_mesh(textured, stem))
+    return paths
