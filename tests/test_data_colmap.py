@@ -22,7 +22,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from neus2cli.data.cameras import look_at
-from neus2cli.data.formats_colmap import CAMERA_MODELS, colmap_pose_to_c2w, qvec_to_rotation
+from neus2cli.data.formats_colmap import CAMERA_MODELS, colmap_pose_to_c2w, qvec_to_rotation, sparse_points
 from neus2cli.data.loader import detect_format, is_dynamic_dir, load_scene
 from neus2cli.data.rays import project_points
 from neus2cli.data.validate import validate_scene
@@ -367,6 +367,22 @@ def test_inspect_reads_a_colmap_scene(tmp_path, capsys):
     assert run_cli(["inspect", str(tmp_path), "--json"]) == 0
     out = capsys.readouterr().out
     assert '"format": "colmap"' in out and '"n_distorted": 3' in out
+
+
+def test_sparse_points_are_the_normalization_points_and_inspect_plots_them(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    model = write_scene(tmp_path / "scene", "text")
+    points, box = sparse_points(tmp_path / "scene")
+    # The tracked points (the trackless outlier is left out), and the box the cube was fitted to:
+    # its centre maps to the cube's centre.
+    tracked = np.array([p.xyz for p in model.points if p.track])
+    assert len(points) == len(tracked) and not np.any(np.all(points == 50.0, axis=1))
+    n = load_scene(tmp_path / "scene").normalization
+    np.testing.assert_allclose(n.world_to_normalized(box.mean(axis=0)), 0.5, atol=1e-12)
+    plot = tmp_path / "cams.png"
+    assert run_cli(["inspect", str(tmp_path / "scene"), "--plot", str(plot), "--json"]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sparse_points(tmp_path / "nothing-here") is None
 
 
 def test_generated_scene_exported_as_colmap_loads_to_the_same_cameras(tmp_path):

@@ -52,6 +52,7 @@ def inspect_cmd(
     ),
 ) -> None:
     """Summarize a scene: views, resolutions, cameras, normalization, content bounds, warnings."""
+    from neus2cli.data.formats_colmap import sparse_points
     from neus2cli.data.inspect import (
         check_plot_path,
         describe_dynamic_scene,
@@ -75,7 +76,8 @@ def inspect_cmd(
             first.warnings = validate_scene(first, progress=progress)
         desc = describe_scene(first, max_views=max_views, progress=progress)
     if plot is not None:
-        desc["plot"] = str(plot_cameras(first, plot))
+        sparse = sparse_points(first.root) if first.format == "colmap" else None
+        desc["plot"] = str(plot_cameras(first, plot, sparse=sparse))
     if as_json:
         typer.echo(json.dumps(desc, indent=2))
     else:

@@ -485,6 +485,30 @@ def camera_intrinsics(camera: ColmapCamera, path: Path) -> tuple[np.ndarray, np.
     return K, distortion
 
 
+def normalization_points(points: np.ndarray, track_lengths: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The points the normalization is fitted to: (m, 3) finite points seen by ``MIN_TRACK`` or more
+    images, or every finite point (second value True) when fewer than ``MIN_POINTS`` are."""
+    finite = np.all(np.isfinite(points), axis=1)
+    good = points[finite & (track_lengths >= MIN_TRACK)]
+    if len(good) < MIN_POINTS:
+        return points[finite], True
+    return good, False
+
+
+def sparse_points(root: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """For ``inspect --plot``: the COLMAP scene's normalization points (m, 3) and their robust box (2, 3)
+    (the ``BOX_PERCENTILES`` per axis), both in the **world** frame; None when ``root`` holds no model
+    or no usable point."""
+    model_dir = find_colmap_model(root)
+    if model_dir is None:
+        return None
+    model = read_colmap_model(model_dir)
+    good, _ = normalization_points(model.points, model.track_lengths)
+    if len(good) < 2:
+        return None
+    return good, np.percentile(good, BOX_PERCENTILES, axis=0)
+
+
 def points_normalization(points: np.ndarray, track_lengths: np.ndarray, path: Path) -> tuple[Normalization, list[str]]:
     """``Normalization`` that fits the robust box of the sparse points into the unit cube (module docstring).
 
@@ -495,11 +519,9 @@ def points_normalization(points: np.ndarray, track_lengths: np.ndarray, path: Pa
     Returns:
         (normalization, warnings).
     """
-    finite = np.all(np.isfinite(points), axis=1)
-    good = points[finite & (track_lengths >= MIN_TRACK)]
+    good, all_points = normalization_points(points, track_lengths)
     warnings = []
-    if len(good) < MIN_POINTS:
-        good = points[finite]
+    if all_points:
         warnings.append(
             f"{path.name}: fewer than {MIN_POINTS} points are seen by {MIN_TRACK} or more images; the "
             f"normalization uses all {len(good)} points, which may include outliers."

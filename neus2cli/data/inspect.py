@@ -230,7 +230,32 @@ def check_plot_path(path: str | Path) -> Path:
     return path
 
 
-def plot_cameras(scene: Scene, out_png: str | Path, frustum_depth: float | None = None) -> Path:
+def _box_edges(box: np.ndarray) -> list[np.ndarray]:
+    """The 12 edges (2, 3) of the axis-aligned box (2, 3) [min, max]: vary one axis, fix the others."""
+    lo, hi = box
+    edges = []
+    for i in range(3):
+        j, k = [a for a in range(3) if a != i]
+        for a in (lo[j], hi[j]):
+            for b in (lo[k], hi[k]):
+                p, q = np.zeros(3), np.zeros(3)
+                p[i], q[i] = lo[i], hi[i]
+                p[j] = q[j] = a
+                p[k] = q[k] = b
+                edges.append(np.stack([p, q]))
+    return edges
+
+
+#: At most this many sparse points are drawn (evenly subsampled): enough to show the object's shape.
+PLOT_MAX_POINTS = 4000
+
+
+def plot_cameras(
+    scene: Scene,
+    out_png: str | Path,
+    frustum_depth: float | None = None,
+    sparse: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
     """Draw the camera frusta (train blue, test orange) and the reconstruction box, in the
     normalized frame, to ``out_png`` (PNG, PDF or SVG by suffix, written atomically).
     Needs matplotlib (``pip install 'neus2cli[plot]'``).
@@ -238,6 +263,8 @@ def plot_cameras(scene: Scene, out_png: str | Path, frustum_depth: float | None 
     Args:
         frustum_depth: frustum length in normalized units; default 15% of the median
             camera distance to the box centre.
+        sparse: a COLMAP scene's points (m, 3) and the robust box (2, 3) the normalization fitted into
+            the cube, world frame (``formats_colmap.sparse_points``): drawn as grey dots and a green box.
     """
     _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -252,16 +279,14 @@ def plot_cameras(scene: Scene, out_png: str | Path, frustum_depth: float | None 
     fig = Figure(figsize=(8, 8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(projection="3d")
-    lo, hi = n.aabb
-    for i in range(3):  # the 12 box edges: vary axis i, fix the other two at lo/hi
-        j, k = [a for a in range(3) if a != i]
-        for a in (lo[j], hi[j]):
-            for b in (lo[k], hi[k]):
-                p, q = np.zeros(3), np.zeros(3)
-                p[i], q[i] = lo[i], hi[i]
-                p[j] = q[j] = a
-                p[k] = q[k] = b
-                ax.plot(*np.stack([p, q]).T, color="black", linewidth=1.0)
+    for seg in _box_edges(n.aabb):
+        ax.plot(*seg.T, color="black", linewidth=1.0)
+    if sparse is not None:
+        points, box = n.world_to_normalized(sparse[0]), n.world_to_normalized(sparse[1])
+        stride = max(1, len(points) // PLOT_MAX_POINTS)
+        ax.scatter(*points[::stride].T, s=1, color="0.4", depthshade=False)
+        for seg in _box_edges(box):
+            ax.plot(*seg.T, color="tab:green", linewidth=1.0, linestyle="--")
     test_ids = set(scene.split.get("test", []))
     for idx, view in enumerate(scene.views):
         colour = "tab:orange" if idx in test_ids else "tab:blue"
