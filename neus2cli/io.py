@@ -3,6 +3,7 @@ an output location is writable before any expensive work."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -11,18 +12,36 @@ from pathlib import Path
 
 from neus2cli.errors import UserError
 
+# Failures of the storage, not of the program: the user can fix them (free space, a quota, a mount).
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then move the temporary file over ``path`` in one step."""
+    """Call ``write(tmp_path)`` then move the temporary file over ``path`` in one step.
+
+    A storage failure (full disk, quota, read-only or vanished mount, permissions) is a ``UserError``
+    naming ``path``; the temporary file is removed and ``path`` keeps what it held, so a training run
+    stopped this way resumes from its last checkpoint.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix + ".tmp", dir=path.parent)
+        os.close(fd)
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in _STORAGE_ERRORS:
+            raise UserError(
+                f"could not be written: {err.strerror or err}. Nothing was replaced: the file keeps what it "
+                "held before.",
+                path=path,
+                hint="Free space (or fix the permissions or mount) and run the command again; an interrupted "
+                "training run continues with --resume.",
+            ) from None
         raise
 
 
