@@ -505,6 +505,28 @@ def import_nerfacc() -> ModuleType:
     return _import_checked("nerfacc")
 
 
+def import_triton_kernels(module: str, device: torch.device) -> ModuleType:
+    """Import one of the project's Triton kernel modules (``neus2cli.render.march_triton``, ...), which
+    import triton; for tensors on ``device``.
+
+    Triton kernels run on CUDA tensors, or on CPU tensors through Triton's interpreter
+    (``TRITON_INTERPRET=1``, which the CPU tests use).
+
+    Raises:
+        ValueError: CPU tensors without the interpreter (the caller asked for the wrong ``impl``).
+        DependencyError: triton is not installed.
+    """
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {device}")
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise DependencyError(
+            f"impl='triton' needs the triton package: {exc}.",
+            hint="Install the triton that matches your torch (pip install triton), or use impl='torch'.",
+        ) from exc
+
+
 def _import_checked(module: str) -> ModuleType:
     if module in sys.modules:  # imported earlier, so it passed the checks below
         return sys.modules[module]

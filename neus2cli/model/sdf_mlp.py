@@ -20,8 +20,6 @@ differentiated (``gradgradcheck``); at the kinks W1 u = 0 the derivatives are th
 
 from __future__ import annotations
 
-import importlib
-import os
 from types import ModuleType
 from typing import Literal
 
@@ -30,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from neus2cli.errors import DependencyError
+from neus2cli.backends import import_triton_kernels
 
 Impl = Literal["torch", "triton"]
 
@@ -112,15 +110,7 @@ def _check_split(x: Tensor, features: Tensor, level_mask: Tensor, w1: Tensor, w2
 
 
 def _triton_module(x: Tensor) -> ModuleType:
-    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {x.device}")
-    try:
-        return importlib.import_module("neus2cli.model.sdf_mlp_triton")
-    except ImportError as exc:
-        raise DependencyError(
-            f"impl='triton' needs the triton package: {exc}.",
-            hint="Install the triton that matches your torch (pip install triton), or use impl='torch'.",
-        ) from exc
+    return import_triton_kernels("neus2cli.model.sdf_mlp_triton", x.device)
 
 
 class _FusedSDFMLP(torch.autograd.Function):

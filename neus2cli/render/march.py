@@ -42,9 +42,7 @@ i.e. ``t_hi - t_start < 2^24 * step`` (~2.8e4 for neus2cli's step sqrt(3)/1024).
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -53,7 +51,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from neus2cli.errors import DependencyError
+from neus2cli.backends import import_triton_kernels
 from neus2cli.render.aabb import ray_aabb_intersect
 
 Impl = Literal["torch", "triton"]
@@ -341,15 +339,7 @@ def _impl_module(impl: str, rays_o: Tensor) -> ModuleType | None:
         return None
     if impl != "triton":
         raise ValueError(f"impl must be 'torch' or 'triton', got {impl!r}")
-    if rays_o.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {rays_o.device}")
-    try:
-        return importlib.import_module("neus2cli.render.march_triton")
-    except ImportError as exc:
-        raise DependencyError(
-            f"impl='triton' needs the triton package: {exc}.",
-            hint="Install the triton that matches your torch (pip install triton), or use impl='torch'.",
-        ) from exc
+    return import_triton_kernels("neus2cli.render.march_triton", rays_o.device)
 
 
 # --------------------------------------------------------------------------- the dense twin
