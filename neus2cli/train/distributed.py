@@ -96,7 +96,7 @@ def ranks_from_env(environ: Mapping[str, str] = os.environ) -> Ranks:
         raise UserError(
             f"the environment sets {', '.join(sorted(given))} but not {', '.join(missing)}, so this process cannot "
             "join a multi-process launch.",
-            hint="Start train-dynamic under torchrun (torchrun --nproc-per-node N $(which neus2) train-dynamic ...), "
+            hint="Start train-dynamic under torchrun (torchrun --nproc-per-node N -m neus2cli train-dynamic ...), "
             "under srun with all five variables exported, or unset them to run as one process.",
         )
     try:
