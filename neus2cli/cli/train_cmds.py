@@ -7,6 +7,7 @@ import shlex
 import sys
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
@@ -16,6 +17,9 @@ from rich.markup import escape
 from neus2cli.cli import app, err_console
 from neus2cli.errors import UserError
 from neus2cli.signals import sigterm_as_interrupt
+
+if TYPE_CHECKING:  # the command imports the training layer lazily (a fast --help)
+    from neus2cli.train.distributed import Ranks
 
 console = Console()
 
@@ -262,7 +266,7 @@ def train_dynamic_cmd(
             _interrupted(err, _resume_dynamic(scene_dir, err.run_dir, ranks), ranks.prefix)
             return
         except RankLost as err:
-            resume_with = _resume_dynamic(scene_dir, out, ranks)
+            resume_with = _resume_dynamic(scene_dir, err.run_dir or out, ranks)
             err_console.print(
                 f"[bold red]error:[/bold red] {escape(ranks.prefix)}{escape(str(err))}. The frames finished so far "
                 f"are saved; continue with: {escape(shlex.join(resume_with))}",
@@ -290,7 +294,7 @@ def train_dynamic_cmd(
 RANK_LOST_EXIT = 1
 
 
-def _resume_dynamic(scene_dir: Path, run_dir: Path | None, ranks) -> list[str]:
+def _resume_dynamic(scene_dir: Path, run_dir: Path | None, ranks: Ranks) -> list[str]:
     """The command that continues a dynamic run: under torchrun again for a multi-process launch (with any
     number of ranks: the run's chunk plan decides who trains what)."""
     command = ["neus2", "train-dynamic", str(scene_dir), "--out", str(run_dir), "--resume"]

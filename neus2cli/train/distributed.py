@@ -23,6 +23,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,7 +42,14 @@ _LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_
 
 
 class RankLost(Exception):
-    """Another rank stopped (or could not set the run up) before the ranks met again; ``str`` says which step."""
+    """Another rank stopped (or could not set the run up) before the ranks met again; ``str`` says which step.
+
+    ``run_dir``: the run folder the ranks were training, where known (what a resume needs).
+    """
+
+    def __init__(self, message: str, run_dir: Path | None = None):
+        super().__init__(message)
+        self.run_dir = run_dir
 
 
 @dataclass(frozen=True)

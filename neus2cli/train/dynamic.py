@@ -485,6 +485,8 @@ def train_dynamic(
             if not ranks.is_main:  # rank 0's config is the run's (a resumed run's own, as saved)
                 cfg = config_from_dict(setup.config, "rank 0's config")
             return _train_chunks(sequence, setup, cfg, compute, first_state, progress, ranks)
+        except RankLost as err:
+            raise RankLost(str(err), out_dir) from None  # with the folder to resume
         except (KeyboardInterrupt, TrainingInterrupted) as err:
             if isinstance(err, TrainingInterrupted) and err.run_dir is not None:  # a chunk's, complete
                 raise
