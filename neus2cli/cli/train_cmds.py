@@ -229,9 +229,11 @@ def train_dynamic_cmd(
 
     With --resume the run keeps its config, mode, frames and chunks; --backend and output options may change.
 
-    Under torchrun (or srun setting RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) the sequence is
-    cut into chunks (dynamic.chunk_frames; default one per rank) that the ranks train at the same time, into
-    one run folder: torchrun --nproc-per-node 2 -m neus2cli train-dynamic SCENE_DIR --out RUN.
+    Under torchrun (or srun setting RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) the ranks share one run.
+
+    The sequence is cut into chunks (dynamic.chunk_frames; default one per rank), trained at the same time.
+
+    Example: torchrun --nproc-per-node 2 -m neus2cli train-dynamic SCENE_DIR --out RUN
     """
     from neus2cli.train.distributed import SINGLE, RankLost, leave, ranks_from_env
 
