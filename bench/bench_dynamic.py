@@ -8,12 +8,21 @@ mesh (fraction of the bounding-sphere radius), bytes stored per frame, and the r
 rigid motion against the generator's. Runs of both modes on one ``--out`` share the generated
 sequence; ``--select`` trains a subset of its frames (e.g. per-frame mode on every fourth frame,
 for comparison with an incremental run of all of them).
+
+``--ranks N`` trains under ``torchrun --standalone --nproc-per-node N`` (``neus2 train-dynamic`` in N
+processes, the sequence cut into chunks, see the README), e.g. 1, 2 and 4 ranks on one GPU::
+
+    for n in 1 2 4; do python bench/bench_dynamic.py --mesh ... --out /tmp/bench_dynamic --ranks $n; done
+
+and records the total wall time of training (``wall_seconds``, process start-up included for N > 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,22 +32,29 @@ import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import chamfer_fraction, record_header, write_json  # noqa: E402
+from bench.common import REPO, chamfer_fraction, record_header, write_json  # noqa: E402
 
 
 def motion_errors(run_dir: Path, scene_dir: Path, object_size: float) -> list[dict]:
-    """Rotation (degrees) and translation (fraction of object size) errors of world_to_canonical per frame."""
+    """Rotation (degrees) and translation (fraction of object size) errors of world_to_canonical per frame.
+
+    The truth is the motion from frame k into its chunk's canonical frame r (frame 0 without chunks):
+    ``F_r @ F_k^-1``, with ``F`` the generator's canonical -> frame world matrices.
+    """
     from neus2cli.train.rigid import rotation_angle_deg
 
     motion = json.loads((scene_dir / "gt" / "motion.json").read_text())
+    world_from_canonical = {int(f["index"]): np.asarray(f["world_from_canonical"]) for f in motion["frames"]}
     out = []
     for item in motion["frames"]:
         k = int(item["index"])
         path = run_dir / "frames" / f"{k:04d}" / "transform.json"
         if not path.exists():
             continue
-        w2c = np.asarray(json.loads(path.read_text())["world_to_canonical"])
-        truth = np.linalg.inv(np.asarray(item["world_from_canonical"]))
+        transform = json.loads(path.read_text())
+        w2c = np.asarray(transform["world_to_canonical"])
+        r = transform.get("chunk", {}).get("canonical_frame", 0)
+        truth = world_from_canonical[r] @ np.linalg.inv(world_from_canonical[k])
         err = w2c @ np.linalg.inv(truth)
         centre = trimesh.load(scene_dir / "gt" / f"mesh_{k:04d}.ply").vertices.mean(axis=0)
         out.append(
@@ -71,6 +87,7 @@ def run_dynamic(
     deformation: str | None,
     eval_points: int = 200_000,
     select: str | None = None,
+    ranks: int = 1,
 ) -> dict:
     from data_tools.dynamic import generate_dynamic_sequence
     from data_tools.render_mesh import Shading
@@ -99,10 +116,16 @@ def run_dynamic(
     motion = json.loads((scene_dir / "gt" / "motion.json").read_text())
     radius = float(motion["object_radius"])
 
-    cfg = resolve_config(config, overrides)
-    run_dir, metrics = train_dynamic(
-        scene_dir, cfg, out / f"run_{mode}", mode=mode, frames=select, force=True, progress=False
-    )
+    t_train = time.perf_counter()
+    if ranks == 1:
+        cfg = resolve_config(config, overrides)
+        run_dir, metrics = train_dynamic(
+            scene_dir, cfg, out / f"run_{mode}", mode=mode, frames=select, force=True, progress=False
+        )
+    else:
+        run_dir = out / f"run_{mode}_{ranks}ranks"
+        metrics = train_under_torchrun(scene_dir, run_dir, ranks, mode, config, overrides, select)
+    wall_seconds = time.perf_counter() - t_train
     per_frame = []
     for rec in metrics["frames"]:
         k = rec["index"]
@@ -111,7 +134,9 @@ def run_dynamic(
         )
         keys = ("index", "seconds", "train_seconds", "phase_seconds", "stored_bytes", "psnr_test")
         per_frame.append({**{key: rec[key] for key in keys if key in rec}, **q})
-    later = [f["phase_seconds"] for f in per_frame[1:]]
+    # Frames after each chunk's first (a run without chunks: after frame 0), as metrics.json counts them.
+    chunk_of = [rec.get("chunk", 0) for rec in metrics["frames"]]
+    later = [f["phase_seconds"] for i, f in enumerate(per_frame) if i > 0 and chunk_of[i] == chunk_of[i - 1]]
     phases = {name: float(np.mean([p[name] for p in later])) for name in later[0]} if later else {}
     chamfers = [f["chamfer_fraction_of_radius"] for f in per_frame]
     motion_err = motion_errors(run_dir, scene_dir, 2 * radius) if mode == "incremental" else []
@@ -132,6 +157,9 @@ def run_dynamic(
         "overrides": overrides,
         "select": select,
         "generate_seconds": gen_seconds,
+        "ranks": ranks,
+        "wall_seconds": wall_seconds,
+        "n_chunks": metrics.get("n_chunks"),
         "backend": metrics["backend"],
         "first_frame_seconds": metrics["first_frame_seconds"],
         "mean_seconds_after_first": metrics["mean_seconds_after_first"],
@@ -144,6 +172,20 @@ def run_dynamic(
         "frames": per_frame,
         "motion_errors": motion_err,
     }
+
+
+def train_under_torchrun(
+    scene_dir: Path, run_dir: Path, ranks: int, mode: str, config: str, overrides: list[str], select: str | None
+) -> dict:
+    """``neus2 train-dynamic`` as ``ranks`` processes of one ``torchrun --standalone`` launch; its metrics.json."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+    command += ["-m", "neus2cli", "train-dynamic", str(scene_dir), "--out", str(run_dir), "--config", config]
+    command += ["--mode", mode, "--force", "--no-progress", *(f"--set={kv}" for kv in overrides)]
+    if select is not None:
+        command += ["--frames", select]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    subprocess.run(command, check=True, env=env)
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def main() -> None:
@@ -161,6 +203,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--eval-points", type=int, default=200_000)
     ap.add_argument("--select", default=None, help="train only these frames, a:b[:step]")
+    ap.add_argument("--ranks", type=int, default=1, help="train as this many torchrun processes (chunks)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -179,9 +222,11 @@ def main() -> None:
         deformation=None if args.deformation == "none" else args.deformation,
         eval_points=args.eval_points,
         select=args.select,
+        ranks=args.ranks,
     )
     print(json.dumps({k: v for k, v in result.items() if k not in ("frames", "motion_errors")}, indent=2))
-    write_json(args.json or args.out / f"result_{args.mode}.json", result)
+    suffix = "" if args.ranks == 1 else f"_{args.ranks}ranks"
+    write_json(args.json or args.out / f"result_{args.mode}{suffix}.json", result)
 
 
 if __name__ == "__main__":

@@ -189,6 +189,13 @@ class DynamicConfig:
     sits at the cube centre: the first frame's in incremental mode (the canonical frame every later
     frame is mapped into), each frame's own in per-frame mode. A sequence's normalization usually spans
     the whole motion, which leaves the first frame's object near a face of the cube."""
+    chunk_frames: int = 0
+    """Frames per chunk: the sequence is cut into contiguous chunks that train independently (each from
+    scratch at its first frame), one or more per rank of a torchrun launch; 0 splits it evenly over the
+    ranks (one chunk for a single process). Fixed when the run starts (run.json's plan)."""
+    chunk_overlap: int = 0
+    """Frames before each chunk's start (from the chunk before) trained first but not written, so that the
+    chunk's first frame starts from a fitted state instead of from scratch (0: none)."""
 
 
 @dataclass
@@ -466,10 +473,19 @@ def _differences(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
     return {k: (a[k], b[k]) for k in a if k != "preset" and a[k] != b[k]}
 
 
+#: Why some keys cannot change on resume, where the general rule does not say enough.
+RESUME_NOTES = {
+    key: "The chunks of a run are fixed when it starts (run.json's plan): any number of ranks can resume it, "
+    "but not another cut."
+    for key in ("dynamic.chunk_frames", "dynamic.chunk_overlap")
+}
+
+
 def _refuse(option: str, key: str, old: Any, new: Any) -> UserError:
+    note = f" {RESUME_NOTES[key]}" if key in RESUME_NOTES else ""
     return UserError(
         f"{option} would change {key} of the run being resumed ({old!r} -> {new!r}); a resumed run keeps its "
-        f"config except {', '.join(RESUMABLE)}.",
+        f"config except {', '.join(RESUMABLE)}.{note}",
         hint="Drop the option to resume as the run was, or start a new run (another --out) with it.",
     )
 
@@ -604,6 +620,8 @@ RANGES: dict[str, Check] = {
     "dynamic.global_movement_lr": _positive(),
     "dynamic.joint_movement_lr_factor": _at_least(0),
     "dynamic.max_retries": _at_least(0),
+    "dynamic.chunk_frames": _at_least(0),  # 0: split evenly over the ranks
+    "dynamic.chunk_overlap": _at_least(0),
 }
 
 

@@ -8,10 +8,14 @@ markup (dropping the brackets, or failing with a MarkupError) or emoji codes. On
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from rich.console import Console
 from rich.text import Text
 
 _console = Console(stderr=True)
+_prefix = ""  # e.g. "rank 1: " while a multi-process launch runs (``prefixed``)
 
 
 def console() -> Console:
@@ -19,9 +23,21 @@ def console() -> Console:
     return _console
 
 
+@contextlib.contextmanager
+def prefixed(prefix: str) -> Iterator[None]:
+    """Within the block, every warning and note starts with ``prefix`` (the rank of a multi-process launch:
+    N processes share one terminal or log file)."""
+    global _prefix
+    previous, _prefix = _prefix, prefix
+    try:
+        yield
+    finally:
+        _prefix = previous
+
+
 def warn(message: str) -> None:
-    _console.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)
+    _console.print(Text.assemble(_prefix, ("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
-    _console.print(Text(message), highlight=False, soft_wrap=True)
+    _console.print(Text.assemble(_prefix, message), highlight=False, soft_wrap=True)

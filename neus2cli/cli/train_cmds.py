@@ -7,6 +7,7 @@ import shlex
 import sys
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
@@ -16,6 +17,9 @@ from rich.text import Text
 from neus2cli.cli import app, err_console
 from neus2cli.errors import UserError
 from neus2cli.signals import sigterm_as_interrupt
+
+if TYPE_CHECKING:  # the command imports the training layer lazily (a fast --help)
+    from neus2cli.train.distributed import Ranks
 
 console = Console()
 
@@ -41,15 +45,18 @@ SET_HELP = "Override a config value, e.g. --set train.steps=500 (repeatable; bar
 INTERRUPTED_EXIT = 130
 
 
-def _interrupted(err, resume_command: list[str]) -> None:
-    """Say where the interrupted run stands and the command that continues it; exit 130."""
+def _interrupted(err, resume_command: list[str], prefix: str = "") -> None:
+    """Say where the interrupted run stands and the command that continues it; exit 130.
+
+    ``prefix``: the rank of a multi-process launch ("rank 1: "), whose processes all print this.
+    """
     if err.checkpoint_path is not None:
         where = f"A resumable checkpoint is at {err.checkpoint_path}."
     else:
         where = f"It stopped before its first checkpoint; the run in {err.run_dir} resumes from the start."
     # shlex.join: the command pastes into a shell as it is, whatever spaces or quotes the paths hold.
     err_console.print(
-        Text.assemble(("Interrupted.", "yellow"), f" {where} Continue with: {shlex.join(resume_command)}"),
+        Text.assemble(prefix, ("Interrupted.", "yellow"), f" {where} Continue with: {shlex.join(resume_command)}"),
         soft_wrap=True,
         highlight=False,
     )
@@ -138,6 +145,8 @@ def train(
 
 
 def _fmt(value) -> str:
+    if value is None:  # e.g. the seconds per later frame of a run whose frames all start chunks
+        return "-"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
@@ -290,8 +299,17 @@ def train_dynamic_cmd(
 ) -> None:
     """Reconstruct a multi-view video: one mesh and rigid transform per frame.
 
-    With --resume the run keeps its config, mode and frames; --backend and output options may change.
+    With --resume the run keeps its config, mode, frames and chunks; --backend and output options may change.
+
+    Under torchrun (or srun setting RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) the ranks share one run.
+
+    The sequence is cut into chunks (dynamic.chunk_frames; default one per rank), trained at the same time.
+
+    Example: torchrun --nproc-per-node 2 -m neus2cli train-dynamic SCENE_DIR --out RUN
     """
+    from neus2cli.train.distributed import SINGLE, RankLost, leave, ranks_from_env
+
+    ranks = SINGLE
     with sigterm_as_interrupt():
         try:  # KeyboardInterrupt first, as in ``train``
             from neus2cli.compute import resolve_compute
@@ -300,6 +318,7 @@ def train_dynamic_cmd(
             from neus2cli.train.run import run_config
             from neus2cli.train.trainer import TrainingInterrupted
 
+            ranks = ranks_from_env()
             request = ConfigRequest(config, tuple(overrides), {"backend": backend.value if backend else None})
             cfg = run_config(request, out, resume=resume)
             run_dir, metrics = train_dynamic(
@@ -312,17 +331,54 @@ def train_dynamic_cmd(
                 resume=resume,
                 force=force,
                 progress=not no_progress,
+                ranks=ranks,
             )
         except KeyboardInterrupt:
             _interrupted_before_run()
             return
         except TrainingInterrupted as err:
-            _interrupted(err, ["neus2", "train-dynamic", str(scene_dir), "--out", str(err.run_dir), "--resume"])
+            _interrupted(err, _resume_dynamic(scene_dir, err.run_dir, ranks), ranks.prefix)
             return
-    timing = f"first={_fmt(metrics['first_frame_seconds'])}s  later={_fmt(metrics['mean_seconds_after_first'])}s/frame"
-    console.print(
-        Text.assemble(("done", "green"), f" {run_dir}  frames={metrics['n_frames']}  {timing}"),
-        highlight=False,
-        soft_wrap=True,
-    )
-    console.print(Text(f"contact sheet: {run_dir / 'contact_sheet.png'}"), highlight=False, soft_wrap=True)
+        except RankLost as err:
+            resume_with = _resume_dynamic(scene_dir, err.run_dir or out, ranks)
+            err_console.print(
+                Text.assemble(
+                    ("error:", "bold red"),
+                    f" {ranks.prefix}{err}. The frames finished so far are saved; continue with: "
+                    f"{shlex.join(resume_with)}",
+                ),
+                soft_wrap=True,
+                highlight=False,
+            )
+            leave(ranks, RANK_LOST_EXIT)
+            sys.exit(RANK_LOST_EXIT)  # not reached: a lost rank is always one of several
+        except UserError as err:
+            if ranks.distributed:  # N processes may print it: say whose it is
+                raise UserError(f"{ranks.prefix}{err}") from None
+            raise
+    if not ranks.is_main:  # rank 0 speaks for the run
+        err_console.print(Text(f"{ranks.prefix}done"), highlight=False)
+    else:
+        timing = (
+            f"first={_fmt(metrics['first_frame_seconds'])}s  later={_fmt(metrics['mean_seconds_after_first'])}s/frame"
+        )
+        console.print(
+            Text.assemble(("done", "green"), f" {run_dir}  frames={metrics['n_frames']}  {timing}"),
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.print(Text(f"contact sheet: {run_dir / 'contact_sheet.png'}"), highlight=False, soft_wrap=True)
+    leave(ranks)
+
+
+#: The exit status of a rank whose peers stopped before the run finished (its own frames are saved).
+RANK_LOST_EXIT = 1
+
+
+def _resume_dynamic(scene_dir: Path, run_dir: Path | None, ranks: Ranks) -> list[str]:
+    """The command that continues a dynamic run: under torchrun again for a multi-process launch (with any
+    number of ranks: the run's chunk plan decides who trains what)."""
+    command = ["neus2", "train-dynamic", str(scene_dir), "--out", str(run_dir), "--resume"]
+    if ranks.distributed:
+        return ["torchrun", "--nproc-per-node", str(ranks.local_world_size), "-m", "neus2cli", *command[1:]]
+    return command

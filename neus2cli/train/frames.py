@@ -102,3 +102,29 @@ def field_for_frame(run_dir: Path, frame: int, compute: Compute) -> tuple[Traine
         raise UserError("holds no invertible 4x4 'world_to_canonical' matrix.", path=transform_path, hint=damaged)
     normalization = Normalization.from_dict(transform.get("normalization", info["normalization"]))
     return field, normalization, world_from_canonical
+
+
+def chained_world_to_canonical(run_dir: Path, frame: int) -> tuple[np.ndarray, int]:
+    """(4, 4) frame ``frame``'s world -> the world of the earliest canonical frame its chunks chain to, and
+    that frame (world units; ``x_root = M @ x_world``).
+
+    Each frame's ``world_to_canonical`` maps into its chunk's canonical frame. A chunk that started from
+    overlap frames (``dynamic.chunk_overlap``) has an overlap frame of the chunk before as its canonical
+    frame, and that frame's own transform maps it on: ``M_k = M_r @ world_to_canonical_k`` with r the
+    chunk's canonical frame. A chunk trained from scratch at its own first frame is a root: with no
+    overlap every chunk is one, and relating two roots takes a registration of their meshes.
+    """
+    run_dir = Path(run_dir)
+    matrix, k = np.eye(4), frame
+    while True:
+        path = frame_dir(run_dir, k) / "transform.json"
+        if not path.is_file():
+            raise UserError(f"frame {k:04d} has no transform.json (not trained yet?).", path=path)
+        transform = read_json(path)
+        matrix = np.asarray(transform["world_to_canonical"], dtype=np.float64) @ matrix
+        chunk = transform.get("chunk")
+        if chunk is None:  # a run from before chunks existed: its first frame is every frame's canonical one
+            return matrix, read_json(run_dir / "run.json")["frames"][0]
+        if chunk["canonical_frame"] == chunk["first_frame"] or chunk["canonical_frame"] == k:
+            return matrix, chunk["canonical_frame"]
+        k = chunk["canonical_frame"]
