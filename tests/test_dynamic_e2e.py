@@ -171,6 +171,40 @@ def test_resume_continues_after_the_last_finished_frame(sequence, tmp_path, monk
     assert (out / "frames" / "0000" / "mesh.ply").stat().st_mtime_ns == first_mesh
 
 
+def test_resume_trains_the_frames_deleted_after_a_damaged_one(sequence, tmp_path, monkeypatch):
+    # The damaged-frame hint says: delete that frame's folder and the later ones, then --resume. The
+    # resume point still says frame 2 finished; what is on disk decides: frames 1 and 2 train again,
+    # from frame 0's field as read back from the frame store.
+    import shutil
+
+    from neus2cli.train.frames import field_for_frame
+
+    out = tmp_path / "run"
+    train_dynamic(sequence, resolve_config("fast", TINY), out, progress=False)
+    kept_mesh = (out / "frames" / "0000" / "mesh.ply").read_bytes()
+    for k in (1, 2):
+        shutil.rmtree(out / "frames" / f"{k:04d}")
+    real = DynamicRun.train_frame
+    calls = []
+
+    def record(self, index, scene, first):
+        calls.append((index, first, {k: v.clone() for k, v in self.prev_field.items()} if self.prev_field else None))
+        return real(self, index, scene, first)
+
+    monkeypatch.setattr(DynamicRun, "train_frame", record)
+    _, metrics = train_dynamic(sequence, resolve_config("fast", TINY), out, resume=True, progress=False)
+    assert [c[0] for c in calls] == [1, 2] and not calls[0][1]  # frame 1 continues incrementally
+    assert [f["index"] for f in metrics["frames"]] == [0, 1, 2]
+    assert (out / "frames" / "0000" / "mesh.ply").read_bytes() == kept_mesh
+    # Frame 1 started from frame 0's stored field, exactly (the store is lossless).
+    frame0, _, _ = field_for_frame(out, 0, Compute.cpu())
+    for name, value in frame0.model.state_dict().items():
+        torch.testing.assert_close(calls[0][2][name], value, rtol=0, atol=0, msg=name)
+    # The rebuilt chain is whole again: frame 2 decodes from frame 0's keyframe and the new deltas.
+    frame2, _, _ = field_for_frame(out, 2, Compute.cpu())
+    assert all(torch.isfinite(v).all() for v in frame2.model.state_dict().values() if v.is_floating_point())
+
+
 def test_bad_frame_range_is_a_user_error(sequence, tmp_path):
     from neus2cli.errors import UserError
 

@@ -48,6 +48,7 @@ from neus2cli.data.scene import DynamicScene, Normalization, Scene
 from neus2cli.errors import UserError
 from neus2cli.export.mesh import save_mesh
 from neus2cli.export.raster import up_from_cameras
+from neus2cli.io import read_json
 from neus2cli.train.checkpoint import load_checkpoint, save_checkpoint
 from neus2cli.train.chunks import SINGLE_STATE, Chunk, ChunkPlan, check_plan, plan_chunks, single_chunk_plan
 from neus2cli.train.distributed import (
@@ -60,7 +61,7 @@ from neus2cli.train.distributed import (
     gather,
     process_group,
 )
-from neus2cli.train.frames import KEYFRAME_EVERY, field_state, frame_dir, store_field
+from neus2cli.train.frames import KEYFRAME_EVERY, field_state, frame_dir, frame_is_complete, store_field, stored_state
 from neus2cli.train.outputs import TrainedField, image_metrics, mesh_of_field, render_views
 from neus2cli.train.pixels import PixelBank
 from neus2cli.train.pose import PoseOptimizer
@@ -382,6 +383,25 @@ class DynamicRun:
         self.prev_faces = state["prev_faces"]
         self.records = list(state["records"])
 
+    def rewind_to(self, index: int) -> None:
+        """Carry on from frame ``index``, whose outputs are on disk, instead of from the resume point's
+        later frame (whose folders were deleted: the damaged-frame hint): the field, the accumulated
+        transform and the keyframe count are read back from the frame store and ``transform.json``."""
+        stored = [r["index"] for r in self.records if (frame_dir(self.out_dir, r["index"]) / "field.bin").exists()]
+        like = {f"model.{k}": v for k, v in self.prev_field.items()} | {
+            "grid.binaries": self.prev_stored["grid.binaries"]
+        }
+        state, since_key = stored_state(self.out_dir, index, stored, like)
+        transform = read_json(frame_dir(self.out_dir, index) / "transform.json")
+        self.prev_stored = state
+        self.prev_field = {
+            k[len("model.") :]: v.to(self.compute.device) for k, v in state.items() if k.startswith("model.")
+        }
+        self.accumulated = np.asarray(transform["normalized_to_canonical"], dtype=np.float64)
+        self.frames_since_key = since_key
+        self.records = self.records[: [r["index"] for r in self.records].index(index) + 1]
+        self.prev_faces = self.records[-1]["mesh_faces"]
+
 
 def _summary(records: list[dict], mode: str, backend: str, chunk_starts: set[int] | None = None) -> dict:
     """metrics.json of the run: ``records`` in frame order; ``chunk_starts`` (frame numbers, default the
@@ -669,9 +689,24 @@ def _train_chunk(
     if state is not None:
         run.load_state(state)
         done = indices.index(int(state["last_index"]))
-        if done == chunk.stop - 1:
+        # Resume from what is on disk: the frames up to the first whose outputs are gone (deleted after
+        # a damaged one, say) count, the rest is trained again.
+        written = [indices[p] for p in range(chunk.start, done + 1)]
+        present = next((i for i, k in enumerate(written) if not frame_is_complete(out_dir, k)), len(written))
+        if present < len(written):
+            missing = ", ".join(f"{k:04d}" for k in written[present:])
+            if present == 0:
+                log.info(f"{where}frames {missing} are not on disk: the chunk trains again from its start")
+                run = DynamicRun(cfg, compute, out_dir, setup.mode, progress, state_path=state_path, chunk=info)
+                state, done = None, chunk.train_start - 1
+            else:
+                log.info(f"{where}frames {missing} are not on disk: continuing after frame {written[present - 1]:04d}")
+                run.rewind_to(written[present - 1])
+                done = indices.index(written[present - 1])
+        if state is not None and done == chunk.stop - 1:
             return run.records, False
-        log.info(f"{where}resuming after frame {state['last_index']:04d}")
+        if state is not None:
+            log.info(f"{where}resuming after frame {indices[done]:04d}")
     try:
         for pos in range(done + 1, chunk.stop):
             index = indices[pos]

@@ -55,6 +55,30 @@ def _read_frame(run_dir: Path, index: int, read: Callable[..., Any], *args):
         ) from None
 
 
+def stored_state(
+    run_dir: Path, frame: int, stored: list[int], like: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Frame ``frame``'s field state (``field_state``'s layout) rebuilt from its keyframe and the deltas
+    after it, and how many frames it is after that keyframe.
+
+    ``stored``: the run's frames whose ``field.bin`` exists, in run order (``frame`` among them);
+    ``like``: a state of the run's model, for the tensors' shapes and dtypes.
+    """
+    chain = stored[: stored.index(frame) + 1]
+    start = max(i for i, k in enumerate(chain) if _read_frame(run_dir, k, is_keyframe))
+    state = None
+    for k in chain[start:]:
+        state = _read_frame(run_dir, k, decode_frame, state, like)
+    return state, len(chain) - 1 - start
+
+
+def frame_is_complete(run_dir: Path, frame: int) -> bool:
+    """Every file of the output contract of frame ``frame`` is on disk (``field.bin``, ``mesh.ply``,
+    ``transform.json``, ``metrics.json``)."""
+    folder = frame_dir(run_dir, frame)
+    return all((folder / name).is_file() for name in ("field.bin", "mesh.ply", "transform.json", "metrics.json"))
+
+
 def field_for_frame(run_dir: Path, frame: int, compute: Compute) -> tuple[TrainedField, Normalization, np.ndarray]:
     """Rebuild frame ``frame`` of a dynamic run from its stored deltas.
 
@@ -79,12 +103,7 @@ def field_for_frame(run_dir: Path, frame: int, compute: Compute) -> tuple[Traine
     if frame not in done:
         raise UserError(f"frame {frame} has not been trained yet.", path=run_dir, hint="Resume the run first.")
     field = empty_field(load_run_config(run_dir / "config.json"), compute)
-    like = field_state(field.model, field.grid)
-    chain = done[: done.index(frame) + 1]
-    start = max(i for i, k in enumerate(chain) if _read_frame(run_dir, k, is_keyframe))
-    state = None
-    for k in chain[start:]:
-        state = _read_frame(run_dir, k, decode_frame, state, like)
+    state, _ = stored_state(run_dir, frame, done, field_state(field.model, field.grid))
     field.model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     field.grid.binaries.copy_(state["grid.binaries"].to(field.grid.binaries.device))
     transform_path = frame_dir(run_dir, frame) / "transform.json"
