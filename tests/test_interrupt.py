@@ -313,3 +313,90 @@ def test_dynamic_run_interrupted_in_its_first_frame_resumes_from_it(tmp_path, mo
     _, again = train_dynamic(sequence, cfg, out, resume=True, progress=False)
     assert (out / "metrics.json").read_bytes() == saved and again["n_frames"] == 3
     assert "already complete" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- random moments
+# A Ctrl-C at a moment drawn from a seeded generator (the suite stays deterministic): the call of one
+# of the run's phases, counted from the start of the run, raises KeyboardInterrupt. Whatever the
+# moment, the folder then resumes (or, stopped before it became a run, a plain re-run succeeds) and
+# finishes with every step and every frame.
+STATIC_PHASES = ("load_images", "train_step", "mesh_of_field", "render_views", "save_checkpoint")
+DYNAMIC_PHASES = ("load_images", "train_step", "mesh_of_field", "store_field", "render_views", "save_checkpoint")
+
+
+def _interrupt_at(monkeypatch, module, phase: str, call: int) -> None:
+    """Raise KeyboardInterrupt at the ``call``-th call (1-based) of ``phase`` during the run."""
+    owner, name = (NeuSTrainer, "train_step") if phase == "train_step" else (module, phase)
+    real = getattr(owner, name)
+    count = [0]
+
+    def wrapper(*args, **kwargs):
+        count[0] += 1
+        if count[0] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+def _finish(run, out: Path):
+    """Resume ``out`` where it became a run, else start it again (what the CLI tells the user to do)."""
+    return run(resume=(out / "config.json").exists())
+
+
+# Every phase once, training twice more; the step (and, for a sequence, the frame) is drawn at random.
+STATIC_MOMENTS = [(phase, 0) for phase in STATIC_PHASES] + [("train_step", 1), ("train_step", 2)]
+DYNAMIC_MOMENTS = [(phase, 0) for phase in DYNAMIC_PHASES] + [("train_step", 1)]
+
+
+@pytest.mark.parametrize(("phase", "seed"), STATIC_MOMENTS, ids=[f"{p}-{s}" for p, s in STATIC_MOMENTS])
+def test_a_static_run_interrupted_at_a_random_moment_resumes_and_finishes(scene, tmp_path, monkeypatch, phase, seed):
+    import random
+
+    rng = random.Random(f"{phase}-{seed}")
+    call = rng.randint(1, STEPS) if phase == "train_step" else 1
+    out = tmp_path / "run"
+    cfg = resolve_config("fast", [*TINY, "output.render_test_views=1"], **{"train.steps": STEPS})
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, static, phase, call)
+        with pytest.raises((KeyboardInterrupt, TrainingInterrupted)):
+            train_static(scene, cfg, out, progress=False)
+    _, metrics = _finish(lambda resume: train_static(scene, cfg, out, resume=resume, force=True, progress=False), out)
+    assert metrics["steps"] == STEPS, (phase, call)
+    assert load_checkpoint(out / "checkpoint.pt")["trainer"]["step"] == STEPS
+    assert (out / "mesh.ply").stat().st_size > 0 and (out / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(("phase", "seed"), DYNAMIC_MOMENTS, ids=[f"{p}-{s}" for p, s in DYNAMIC_MOMENTS])
+def test_a_dynamic_run_interrupted_at_a_random_moment_resumes_and_finishes(tmp_path, monkeypatch, phase, seed):
+    import random
+
+    import neus2cli.train.dynamic as dynamic
+    from tests.scenes import dynamic_scene
+
+    rng = random.Random(f"dynamic-{phase}-{seed}")
+    first, later, frames = 6, 4, 3
+    call = rng.randint(1, first + later * (frames - 1)) if phase == "train_step" else rng.randint(1, frames)
+    sequence = dynamic_scene(tmp_path / "seq", frames=frames, views=8, size=32)
+    cfg = resolve_config(
+        "fast",
+        [
+            *TINY,
+            "output.mesh_resolution=24",
+            "output.render_test_views=1",
+            f"first_frame_steps={first}",
+            f"next_frame_steps={later}",
+            "global_movement_steps=2",
+        ],
+    )
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, dynamic, phase, call)
+        with pytest.raises((KeyboardInterrupt, TrainingInterrupted)):
+            dynamic.train_dynamic(sequence, cfg, out, progress=False)
+    _, metrics = _finish(
+        lambda resume: dynamic.train_dynamic(sequence, cfg, out, resume=resume, force=True, progress=False), out
+    )
+    assert [f["index"] for f in metrics["frames"]] == list(range(frames)), (phase, call)
+    for k in range(frames):
+        assert (out / "frames" / f"{k:04d}" / "mesh.ply").stat().st_size > 0, (phase, call, k)
