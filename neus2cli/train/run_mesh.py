@@ -19,6 +19,12 @@ from neus2cli.train.frames import field_for_frame, frame_dir
 from neus2cli.train.outputs import TrainedField, field_color_fn, mesh_of_field
 
 
+def names_folder(out: str | Path) -> bool:
+    """``--out`` names a folder to write in: an existing one, or a path written with a trailing separator
+    (``exports/``), which a bare suffix-less name (``exports``, a file) is not."""
+    return str(out).endswith(("/", os.sep)) or Path(out).is_dir()
+
+
 def mesh_path(out: str | Path | None, *, default: Path, name: str, fmt: str) -> Path:
     """The file ``export-mesh --out OUT`` writes, checked before any work (loading, meshing).
 
@@ -30,7 +36,7 @@ def mesh_path(out: str | Path | None, *, default: Path, name: str, fmt: str) -> 
     """
     if out is None:
         path = default
-    elif str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+    elif names_folder(out):
         path = Path(out) / name
     else:
         path = Path(out)
@@ -180,7 +186,7 @@ def export_run_textured_mesh(
     folder, name = _output_names(checkpoint, frame, f"mesh_{resolution}")
     if out is None:
         stem = folder / f"mesh_{resolution}"
-    elif str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+    elif names_folder(out):
         stem = Path(out) / name
     else:
         stem = Path(out).with_suffix("")
