@@ -15,8 +15,10 @@ from neus2cli.compute import Compute
 from neus2cli.config import ModelConfig
 from neus2cli.model.encoding import HashGridConfig, TorchHashGrid, level_feature_mask, make_hash_grid
 from neus2cli.model.mlp import make_mlp
+from neus2cli.model.sdf_field import Impl as FieldImpl
+from neus2cli.model.sdf_field import sdf_field_value, sdf_field_with_gradient
 from neus2cli.model.sdf_mlp import Impl as MLPImpl
-from neus2cli.model.sdf_mlp import sdf_mlp_fused, sdf_mlp_value
+from neus2cli.model.sdf_mlp import sdf_mlp_fused
 from neus2cli.model.sh import make_sh_encoding
 
 
@@ -83,9 +85,10 @@ class SDFNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, 3) normalized -> sdf (N,), outputs (N, sdf_outputs) (channel 0 without the bias)."""
         # The level mask multiplies the features before the MLP, so masked levels get no gradient.
-        out = sdf_mlp_value(
-            x, self.encoding(x), self.level_mask, self.hidden.weight, self.out.weight, impl=self.mlp_impl
-        )
+        out = sdf_field_value(
+            self.encoding, x, self.level_mask, self.hidden.weight, self.out.weight,
+            impl=self._field_impl(x), mlp_impl=self.mlp_impl,
+        )  # fmt: skip
         return out[:, 0] + self.sdf_bias, out
 
     def sdf_and_gradient(self, x: torch.Tensor, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,26 +99,26 @@ class SDFNetwork(nn.Module):
         """
         if self.sdf_gradient == "closed_form" and self._fused_cpu_gradient(x):
             return self._sdf_and_gradient_fused(x, create_graph)
-        with torch.enable_grad():
-            if not x.requires_grad:
-                x = x.detach().requires_grad_(True)
-            if self.sdf_gradient == "autograd":
+        if self.sdf_gradient == "autograd":
+            with torch.enable_grad():
+                if not x.requires_grad:
+                    x = x.detach().requires_grad_(True)
                 sdf, outputs = self(x)
                 (grad,) = torch.autograd.grad(sdf, x, torch.ones_like(sdf), create_graph=create_graph)
-                return sdf, grad, outputs
-            features = self.encoding(x)
-            outputs, g_x, g_features = sdf_mlp_fused(
-                x, features, self.level_mask, self.hidden.weight, self.out.weight, impl=self.mlp_impl
-            )
-            if not create_graph:
-                g_x, g_features = g_x.detach(), g_features.detach()
-            # The hash grid's Jacobian (and, with create_graph, its second-order term) is the only
-            # generic part left. allow_unused: tcnn's encoding of zero points does not read x.
-            (grad_features,) = torch.autograd.grad(
-                features, x, g_features.to(features.dtype), create_graph=create_graph, allow_unused=True
-            )
-        grad = g_x if grad_features is None else g_x + grad_features.to(g_x.dtype)
+            return sdf, grad, outputs
+        outputs, grad = sdf_field_with_gradient(
+            self.encoding, x, self.level_mask, self.hidden.weight, self.out.weight,
+            create_graph=create_graph, impl=self._field_impl(x), mlp_impl=self.mlp_impl,
+        )  # fmt: skip
+        if not create_graph:
+            grad = grad.detach()  # the fused node keeps a graph; the caller asked for none
         return outputs[:, 0] + self.sdf_bias, grad, outputs
+
+    def _field_impl(self, x: torch.Tensor) -> FieldImpl:
+        """The fused kernels where the MLP runs as kernels (``Compute.kernel_impl``) and the points need
+        no gradient of their own; the twin (the encoding module, autograd for its Jacobian) elsewhere."""
+        fused = self.mlp_impl == "triton" and x.dtype == torch.float32 and x.is_cuda
+        return "triton" if fused and not (x.requires_grad and torch.is_grad_enabled()) else "torch"
 
     def _fused_cpu_gradient(self, x: torch.Tensor) -> bool:
         """The PyTorch hash grid on the CPU, at points without a graph of their own (everything but a
