@@ -34,6 +34,8 @@ from torch import Tensor
 from neus2cli.model.sdf_mlp_triton import DOT_PRECISION
 
 BLOCK = 64  # rows per program step
+FORWARD_WARPS = 4
+BACKWARD_WARPS = 8
 BACKWARD_PROGRAMS = 528  # 4 per SM of an H100/H200 (as the MLP kernels): few weight partials to add up
 XP = 16  # the MLP's 3 direct inputs, padded to tl.dot's smallest K
 
@@ -281,7 +283,7 @@ def forward(
     if n_rows:
         _forward_kernel[(triton.cdiv(n_rows, BLOCK),)](
             x, params, consts, level_mask, w1, w2, out, grad, n_rows, F=n_features_per_level,
-            WITH_GRAD=with_grad, num_warps=4, **_dims(consts, level_mask, w1, w2),
+            WITH_GRAD=with_grad, num_warps=FORWARD_WARPS, **_dims(consts, level_mask, w1, w2),
         )  # fmt: skip
     return out, (grad if with_grad else None)
 
@@ -305,7 +307,7 @@ def backward(
             d_out.contiguous() if has_d_out else dummy, d_grad.contiguous() if has_d_grad else dummy,
             d_params if need_params else dummy, *(p if p is not None else dummy for p in parts), n_rows,
             F=n_features_per_level, HAS_D_OUT=has_d_out, HAS_D_GRAD=has_d_grad, NEED_PARAMS=need_params,
-            NEED_WEIGHTS=need_weights, num_warps=8, num_stages=1, **dims,
+            NEED_WEIGHTS=need_weights, num_warps=BACKWARD_WARPS, num_stages=1, **dims,
         )  # fmt: skip
         d_w1 = d_w2 = None
         if need_weights:
