@@ -37,7 +37,7 @@ BLOCK = 64  # rows per program step
 FORWARD_WARPS = 4
 BACKWARD_WARPS = 8
 BACKWARD_PROGRAMS = 528  # 4 per SM of an H100/H200 (as the MLP kernels): few weight partials to add up
-XP = 16  # the MLP's 3 direct inputs, padded to tl.dot's smallest K
+XP = tl.constexpr(16)  # the MLP's 3 direct inputs, padded to tl.dot's smallest K
 
 
 def _pow2(n: int) -> int:
@@ -87,9 +87,9 @@ def _cell(xa, scale):
 def _corner(cx, cy, cz, tx, ty, tz, scale, res, size_u, base, hashed, F: tl.constexpr, C: tl.constexpr):
     """Corner C (= bx + 2 by + 4 bz) of every (row, column): its element in the flat table, its weight
     and the weight's gradient with respect to x (3 tiles)."""
-    bx: tl.constexpr = C & 1
-    by: tl.constexpr = (C >> 1) & 1
-    bz: tl.constexpr = (C >> 2) & 1
+    bx = C & 1
+    by = (C >> 1) & 1
+    bz = (C >> 2) & 1
     vx = (cx + bx).to(tl.uint32, bitcast=True)
     vy = (cy + by).to(tl.uint32, bitcast=True)
     vz = (cz + bz).to(tl.uint32, bitcast=True)
@@ -299,7 +299,9 @@ def backward(
     has_d_out, has_d_grad = d_out is not None, d_grad is not None
     d_params = torch.zeros_like(params) if need_params else None
     n_programs = max(1, min(BACKWARD_PROGRAMS, triton.cdiv(n_rows, BLOCK)))
-    parts = [x.new_empty((n_programs, *shape)) if need_weights else None for shape in ((hp, XP), (hp, lfp), (op, hp))]
+    parts = [
+        x.new_empty((n_programs, *shape)) if need_weights else None for shape in ((hp, XP.value), (hp, lfp), (op, hp))
+    ]
     if n_rows and (has_d_out or has_d_grad) and (need_params or need_weights):
         dummy = x  # a pointer for arguments the constexpr flags leave unread
         _backward_kernel[(n_programs,)](
