@@ -81,7 +81,14 @@ def _new_trainer(cfg: Config, compute: Compute, scene: Scene, ckpt: dict | None,
     """The engine on the scene's training pixels, continued from ``ckpt`` when resuming."""
     torch.manual_seed(cfg.train.seed)
     images = load_images(scene.train_views, progress=progress)
-    trainer = NeuSTrainer(cfg, compute, PixelBank(scene.train_views, images, scene.normalization, compute.device))
+    bank = PixelBank(scene.train_views, images, scene.normalization, compute.device)
+    if not bank.has_masks and cfg.model.background == "none":
+        log.warn(
+            f"{scene.name}: the training images have no masks and the config no background model, so the SDF "
+            "must explain the whole image (walls where the background is). For an unmasked capture use "
+            "--config unmasked (or --set model.background=nerfpp)."
+        )
+    trainer = NeuSTrainer(cfg, compute, bank)
     if ckpt is not None:
         trainer.load_state_dict(ckpt["trainer"])
     return trainer
