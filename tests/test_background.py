@@ -258,3 +258,13 @@ def test_unmasked_preset_and_config_checks():
         resolve_config("fast", ["model.background=room"])
     with pytest.raises(UserError, match="model.background_samples"):
         resolve_config("fast", ["model.background_samples=0"])
+
+
+def test_dynamic_runs_refuse_a_background(tmp_path):
+    """A frame's rigid transform would move the background with the object: refused before any work."""
+    from neus2cli.errors import UserError
+    from neus2cli.train.dynamic import train_dynamic
+
+    cfg = resolve_config("fast", ["backend=torch", "model.background=nerfpp"])
+    with pytest.raises(UserError, match="model.background=nerfpp is for static scenes"):
+        train_dynamic(tmp_path / "no_such_sequence", cfg, tmp_path / "run", progress=False)
