@@ -81,7 +81,8 @@ def train(
         None,
         "--config",
         "-c",
-        help="Preset name (base, dtu, fast, demo) or a JSON file. Default: base (demo for the demo scene).",
+        help="Preset name (base, dtu, unmasked for captures without masks, fast, demo) or a JSON file. "
+        "Default: base (demo for the demo scene).",
     ),
     steps: int | None = typer.Option(None, "--steps", help="Training steps (overrides the config)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default outputs/<scene>/<timestamp>)."),
