@@ -95,8 +95,15 @@ def static_cmd(
     max_gt_mesh_kb: int = typer.Option(None, "--max-gt-mesh-kb", help="Omit gt_mesh.ply above this size."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a scene this tool wrote before."),
     note: str = typer.Option(None, "--note", help="A paragraph for README.md (licence, provenance)."),
+    background: float = typer.Option(
+        None,
+        "--background-sphere",
+        help="Put the object inside a textured sphere of this radius (object radii, beyond the cameras) and "
+        "write RGB images without alpha: an unmasked scene.",
+    ),
 ) -> None:
     """Render a static scene (RGBA images, cameras JSON, gt_mesh.ply, scene_info.json)."""
+    from data_tools.background import EnvironmentSphere
     from data_tools.camera_paths import CameraRig
     from data_tools.generate import generate_static_scene
     from data_tools.render_mesh import Shading
@@ -129,6 +136,7 @@ def static_cmd(
         overwrite=overwrite,
         command=_command_line(),
         note=note,
+        background=None if background is None else settings(EnvironmentSphere, radius=background),
     )
     typer.echo(f"wrote {path}")
 

@@ -39,6 +39,7 @@ import imageio.v3 as iio
 import numpy as np
 import trimesh
 
+from data_tools.background import EnvironmentSphere
 from data_tools.camera_paths import CameraPose, CameraRig, horizontal_fov_deg
 from data_tools.render_mesh import MeshRenderer, Shading, has_color, load_mesh, procedural_vertex_colors
 from neus2cli.data.scene import Normalization
@@ -311,16 +312,27 @@ def staged_output(out_dir: str | Path, overwrite: bool) -> Iterator[Path]:
 
 
 def render_views_to_png(
-    renderer: MeshRenderer, jobs: list[tuple[CameraPose, Path]], width: int, height: int, supersample: int, advance
+    renderer: MeshRenderer,
+    jobs: list[tuple[CameraPose, Path]],
+    width: int,
+    height: int,
+    supersample: int,
+    advance,
+    background: tuple[EnvironmentSphere, float] | None = None,
 ) -> None:
     """Render ``jobs`` [(CameraPose, png path)] to ``width`` x ``height`` RGBA PNGs in parallel threads
     (the ray casts and PNG encoding release the GIL), calling ``advance()`` after each; each view
-    depends only on its camera, so the bytes do not depend on the order."""
+    depends only on its camera, so the bytes do not depend on the order. ``background``
+    (environment, object radius in world units): RGB PNGs of the object over it instead, no alpha."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(job) -> None:
         cam, path = job
-        write_png(path, renderer.render(cam.K, cam.c2w, width, height, supersample).rgba)
+        rgba = renderer.render(cam.K, cam.c2w, width, height, supersample).rgba
+        if background is not None:
+            env, object_radius = background
+            rgba = env.composite(rgba, cam.K, cam.c2w, object_radius)
+        write_png(path, rgba)
 
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
         for _ in pool.map(one, jobs):
@@ -396,12 +408,14 @@ def write_static_split(
     height: int,
     supersample: int,
     advance,
+    background: tuple[EnvironmentSphere, float] | None = None,
 ) -> None:
     """Render one split's views to ``folder/<split>/0000.png ...`` (``width`` x ``height`` px) and
-    write its cameras JSON (OpenCV c2w for neus2, OpenGL for blender; world units, ``norm`` to the cube)."""
+    write its cameras JSON (OpenCV c2w for neus2, OpenGL for blender; world units, ``norm`` to the cube).
+    ``background`` as in ``render_views_to_png``."""
     paths = [f"{split}/{i:04d}" + (".png" if convention == "neus2" else "") for i in range(len(cams))]
     jobs = [(cam, folder / split / f"{i:04d}.png") for i, cam in enumerate(cams)]
-    render_views_to_png(renderer, jobs, width, height, supersample, advance)
+    render_views_to_png(renderer, jobs, width, height, supersample, advance, background)
     if convention == "neus2":
         doc = neus2_json([neus2_frame(p, c) for p, c in zip(paths, cams, strict=True)], width, height, norm)
     else:
@@ -469,6 +483,7 @@ def generate_static_scene(
     progress: bool = True,
     command: str | None = None,
     note: str | None = None,
+    background: EnvironmentSphere | None = None,
 ) -> Path:
     """Render ``mesh`` from ``n_views`` training and ``n_test`` test cameras into ``out_dir``.
 
@@ -488,11 +503,19 @@ def generate_static_scene(
         progress: show a rich progress bar.
         command: the command line, recorded in README.md.
         note: a paragraph for README.md (licence or provenance of the mesh).
+        background: an ``EnvironmentSphere`` around the object: the views are then RGB photos of the
+            object in it, without alpha (an unmasked scene); None: RGBA, alpha = coverage.
 
     Returns:
         ``out_dir`` as a Path.
     """
     check_common_args(n_views, width, height, rig, shading)
+    if background is not None and not background.radius > rig.distance:
+        raise UserError(
+            f"the environment sphere (radius {background.radius} object radii) must hold the cameras "
+            f"(at {rig.distance} object radii).",
+            hint="Give a larger --background-sphere or a smaller --distance.",
+        )
     if int(n_test) < 0:
         raise ValueError(f"n_test must be >= 0, got {n_test}")
     if convention not in ("neus2", "blender"):
@@ -514,11 +537,14 @@ def generate_static_scene(
         **rig.to_dict(cams.azimuth_offset_deg, fov_x_deg=horizontal_fov_deg(cams.train[0].K, width)),
         **shading.to_dict(),
     }
+    if background is not None:  # only then: the settings (and bytes) of scenes without one stay as they were
+        settings["background"] = background.to_dict()
+    env = None if background is None else (background, R)
     with staged_output(out_dir, overwrite) as tmp:
         with progress_bar(progress, n_views + n_test, f"rendering {Path(out_dir).name}") as advance:
             for split, split_cams in splits.items():
                 write_static_split(
-                    tmp, split, split_cams, renderer, convention, norm, width, height, shading.supersample, advance
+                    tmp, split, split_cams, renderer, convention, norm, width, height, shading.supersample, advance, env
                 )
         gt_note = write_gt_mesh_file(tmp, prepared.gt_mesh, write_gt_mesh, max_gt_mesh_bytes)
         licenses = copy_license_files(prepared.source, tmp / "source")

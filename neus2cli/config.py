@@ -69,6 +69,16 @@ class ModelConfig:
     """How training differentiates the SDF gradient: closed_form (NeuS2's: the ReLU MLP's input gradient and
     its parameter derivatives as a few matmuls, autograd only through the hash grid; fast) or autograd (the
     generic double backward through the whole network; the reference)."""
+    background: Literal["none", "nerfpp"] = "none"
+    """What explains the pixels outside the object: none (masked captures: masks and random backgrounds
+    leave only the object) or nerfpp (unmasked captures: NeRF++'s inverted-sphere field outside the sphere
+    around the unit cube, composited behind the object; training targets are then the images' own colours)."""
+    background_samples: int = 32
+    """Background samples per ray, evenly spaced in inverse distance (a fixed count: fixed shapes)."""
+    background_hidden: int = 64
+    """Width of the background MLP."""
+    background_frequencies: int = 6
+    """Frequencies of the background's positional encoding of (direction, inverse distance)."""
 
 
 @dataclass
@@ -124,9 +134,11 @@ class TrainConfig:
     eikonal_weight: float = 0.01
     """Weight of mean((|grad f| - 1)^2) over all samples."""
     mask_weight: float = 0.0
-    """Weight of the optional mask BCE on opacity (0 = off: masks act through random backgrounds)."""
+    """Weight of the optional mask BCE on opacity (0 = off: masks act through random backgrounds); off for a
+    scene without masks whatever its value."""
     random_background: bool = True
-    """Composite targets over a random colour per ray (how masks act)."""
+    """Composite targets over a random colour per ray (how masks act; no effect with a background model,
+    whose last sample is opaque)."""
     cos_anneal_steps: int = 0
     """Steps of NeuS cosine annealing (0 = off)."""
     progressive_start_levels: int = 4
@@ -580,6 +592,9 @@ RANGES: dict[str, Check] = {
     "model.color_layers": _at_least(1),
     "model.sh_degree": _between(1, 8),  # tcnn's SphericalHarmonics and the twin (MAX_SH_DEGREE)
     "model.init_variance": _finite(),
+    "model.background_samples": _at_least(1),
+    "model.background_hidden": _at_least(2),
+    "model.background_frequencies": _between(0, 16),  # 2^15 pi: past float32's resolution of (x, u)
     "sampling.grid_resolution": _at_least(1),
     "sampling.grid_ema_decay": _between(0, 1),
     "sampling.grid_threshold": _at_least(0),

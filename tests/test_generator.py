@@ -581,3 +581,38 @@ def test_cli_static_and_errors(tmp_path, capsys):
             main(args)
         assert exc.value.code == 2, args
         assert "error" in capsys.readouterr().err
+
+
+def test_environment_sphere_views_have_no_alpha_and_show_the_sphere(tmp_path):
+    """Generated unmasked views: RGB, the object where the masked render has it, the sphere's texture
+    (seen along the pixel's centre ray) elsewhere."""
+    from data_tools.background import EnvironmentSphere
+    from data_tools.render_mesh import pixel_rays
+    from neus2cli.data.loader import load_scene
+    from tests.scenes import lumpy_ellipsoid
+
+    env = EnvironmentSphere(8.0)
+    kwargs = {"n_views": 2, "n_test": 0, "width": 32, "height": 32, "shading": Shading(supersample=1)}
+    plain = generate_static_scene(lumpy_ellipsoid(), tmp_path / "a", progress=False, **kwargs)
+    room = generate_static_scene(lumpy_ellipsoid(), tmp_path / "b", progress=False, background=env, **kwargs)
+    a, b = iio.imread(plain / "train" / "0000.png"), iio.imread(room / "train" / "0000.png")
+    assert a.shape == (32, 32, 4) and b.shape == (32, 32, 3)
+    inside, outside = a[..., 3] == 255, a[..., 3] == 0
+    assert inside.any() and outside.any()
+    np.testing.assert_array_equal(b[inside], a[..., :3][inside])
+    view = load_scene(room).train_views[0]
+    o, d = pixel_rays(view.K, view.c2w, 32, 32, 1)
+    expected = np.round(env.colors(o.reshape(-1, 3), d.reshape(-1, 3), 1.0) * 255).reshape(32, 32, 3)
+    np.testing.assert_array_equal(b[outside], expected[outside].astype(np.uint8))
+    assert json.loads((room / "scene_info.json").read_text())["settings"]["background"]["kind"] == "sphere"
+
+
+def test_environment_sphere_must_hold_the_cameras(tmp_path):
+    from data_tools.background import EnvironmentSphere
+    from tests.scenes import lumpy_ellipsoid
+
+    with pytest.raises(UserError, match="must hold the cameras"):  # the rig's default distance is 2.75 radii
+        generate_static_scene(lumpy_ellipsoid(), tmp_path / "s", n_views=1, n_test=0, width=8, height=8,
+                              background=EnvironmentSphere(2.0), progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="radius must be > 1"):
+        EnvironmentSphere(0.5)

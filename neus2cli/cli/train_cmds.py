@@ -81,7 +81,8 @@ def train(
         None,
         "--config",
         "-c",
-        help="Preset name (base, dtu, fast, demo) or a JSON file. Default: base (demo for the demo scene).",
+        help="Preset name (base, dtu, unmasked for captures without masks, fast, demo) or a JSON file. "
+        "Default: base (demo for the demo scene).",
     ),
     steps: int | None = typer.Option(None, "--steps", help="Training steps (overrides the config)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default outputs/<scene>/<timestamp>)."),
@@ -92,11 +93,18 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (for logs)."),
+    bbox: str | None = typer.Option(
+        None,
+        "--bbox",
+        metavar="xmin,ymin,zmin,xmax,ymax,zmax",
+        help="The region to reconstruct, world units: it fills the unit cube instead of the scene's own "
+        "normalization (a COLMAP scene's automatic box, a JSON's scale/offset).",
+    ),
 ) -> None:
     """Reconstruct a static scene: writes config.json, checkpoint.pt, mesh.ply, metrics.json, renders/.
 
-    With --resume the run keeps its config; --steps, --backend and output options (--set output.*)
-    may change and are recorded in the run, anything else is refused.
+    With --resume the run keeps its config and its --bbox; --steps, --backend and output options
+    (--set output.*) may change and are recorded in the run, anything else is refused.
     """
     # SIGTERM (timeout, schedulers, kill) stops the run as Ctrl-C does: checkpoint, message, exit 130.
     with sigterm_as_interrupt():
@@ -108,6 +116,7 @@ def train(
             from neus2cli.train.static import train_static
             from neus2cli.train.trainer import TrainingInterrupted
 
+            bbox_world = parse_box(bbox, "--bbox")  # before anything slow: a typo fails at once
             default_preset = "base"
             if scene is None:
                 from data_tools import demo_scene_path
@@ -129,6 +138,7 @@ def train(
                 resume=resume,
                 force=force,
                 progress=not no_progress,
+                bbox=bbox_world,
             )
         except KeyboardInterrupt:
             _interrupted_before_run()

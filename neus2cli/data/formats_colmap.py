@@ -639,7 +639,10 @@ def load_colmap_scene(root: str | Path, test_views: list[int] | tuple[int, ...] 
                 f"COLMAP's NAME.png; or remove {mask_dir.name}/ to train without masks.",
             )
     else:
-        warnings.append(f"{root.name}: no masks/ folder: every pixel is treated as foreground.")
+        warnings.append(
+            f"{root.name}: no masks/ folder: every pixel is treated as foreground (train with --config unmasked, "
+            "whose background model explains what is not the object)."
+        )
     intrinsics: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     views = []
     for im in images:

@@ -235,7 +235,10 @@ def load_neus_folder(root: Path, test_views: tuple[int, ...] | list[int] | None 
     }
     warnings = []
     if mask_dir is None:
-        warnings.append(f"{root.name}: no mask/ folder: every pixel is treated as foreground.")
+        warnings.append(
+            f"{root.name}: no mask/ folder: every pixel is treated as foreground (train with --config unmasked, "
+            "whose background model explains what is not the object)."
+        )
     return Scene(
         name=root.resolve().name,
         root=root,

@@ -70,6 +70,17 @@ class Normalization:
         return {"scale": self.scale, "offset": self.offset.tolist(), "aabb": self.aabb.tolist()}
 
     @classmethod
+    def fitting_box(cls, box_world: np.ndarray) -> Normalization:
+        """The normalization that maps the world box (2, 3) [min, max] into the unit cube: its centre to the
+        cube's centre and its longest side onto the cube's side (the other sides fit inside)."""
+        box = np.asarray(box_world, dtype=np.float64).reshape(2, 3)
+        extent = float((box[1] - box[0]).max())
+        if not (np.isfinite(box).all() and extent > 0):
+            raise ValueError(f"box_world must be finite with a positive extent, got {box.tolist()}")
+        scale = 1.0 / extent
+        return cls(scale=scale, offset=np.full(3, 0.5) - box.mean(axis=0) * scale)
+
+    @classmethod
     def from_dict(cls, d: dict) -> Normalization:
         return cls(scale=d["scale"], offset=np.asarray(d["offset"]), aabb=np.asarray(d["aabb"]))
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from neus2cli.compute import Compute
 from neus2cli.config import ModelConfig
+from neus2cli.model.background import BackgroundField, make_background
 from neus2cli.model.encoding import HashGridConfig, TorchHashGrid, level_feature_mask, make_hash_grid
 from neus2cli.model.mlp import make_mlp
 from neus2cli.model.sdf_field import Impl as FieldImpl
@@ -167,13 +168,16 @@ class ColorNetwork(nn.Module):
 
 
 class NeuSModel(nn.Module):
-    """SDF network, colour network and the sharpness s = exp(10 v) (``inv_s``), on ``compute.device``."""
+    """SDF network, colour network and the sharpness s = exp(10 v) (``inv_s``), on ``compute.device``;
+    with ``cfg.background`` set, also the field behind the object (``background``, else None), whose
+    parameters then sit in the same state dict, EMA and optimiser as the rest."""
 
     def __init__(self, cfg: ModelConfig, compute: Compute):
         super().__init__()
         self.sdf_net = SDFNetwork(cfg, compute.backend, compute.kernel_impl)
         self.color_net = ColorNetwork(cfg, compute.backend)
         self.variance = nn.Parameter(torch.tensor(float(cfg.init_variance)))
+        self.background: BackgroundField | None = make_background(cfg)
         self.to(compute.device)
 
     @property

@@ -32,7 +32,7 @@ from neus2cli.model.fields import NeuSModel
 from neus2cli.render.march import Impl as MarchImpl
 from neus2cli.render.march import march_rays_capped, march_window
 from neus2cli.render.neus import neus_alpha
-from neus2cli.render.renderer import NORMALIZED_CUBE, prepass_alpha
+from neus2cli.render.renderer import NORMALIZED_CUBE, behind_object, prepass_alpha
 from neus2cli.render.volrend import transmittance_sorted
 
 
@@ -85,6 +85,7 @@ def render_rays_fixed(
     early_stop_eps: float = 1e-4,
     cos_anneal_ratio: Tensor | float = 1.0,
     jitter: Tensor | None = None,
+    bg_jitter: Tensor | None = None,
     march_impl: MarchImpl = "torch",
     create_graph: bool = True,
 ) -> FixedRenderOutput:
@@ -98,7 +99,8 @@ def render_rays_fixed(
         rays_d: (R, 3) unit directions.
         n_active: 0-d int64 device tensor, how many of the leading rays to render.
         step_size: marching step in normalized units.
-        bg_color: (R, 3) background colour in [0, 1].
+        bg_color: (R, 3) background colour in [0, 1] (unused where the model has a background field:
+            its fixed ``background_samples`` per ray keep the shapes fixed, see ``behind_object``).
         march_capacity: slots for marched samples (M).
         sample_capacity: slots for shaded samples (S).
         aabb: (6,) ``NORMALIZED_CUBE`` as a float32 tensor on the rays' device (so the ray-box test
@@ -106,6 +108,7 @@ def render_rays_fixed(
         early_stop_eps: keep samples whose pre-pass transmittance is at least this.
         cos_anneal_ratio: NeuS cosine annealing ratio, a float or a 0-d device tensor.
         jitter: (R,) U[0, 1) stratified offsets of the step grid, or None.
+        bg_jitter: (R,) U[0, 1) offsets of the background field's samples, or None (midpoints).
         march_impl: ``Compute.march_impl``; only ``"triton"`` is free of host reads.
         create_graph: keep the gradient's graph for the eikonal double backward.
     """
@@ -168,7 +171,7 @@ def render_rays_fixed(
     # One extra row collects the padding (zero weights), so no index is out of range.
     color = rgb.new_zeros(n_rays + 1, 3).index_add(0, ray_indices, weights[:, None] * rgb)[:n_rays]
     opacity = weights.new_zeros(n_rays + 1).index_add(0, ray_indices, weights)[:n_rays]
-    color = color + (1.0 - opacity[:, None]) * bg_color
+    color = color + (1.0 - opacity[:, None]) * behind_object(model, rays_o, rays_d, bg_color, bg_jitter)
     return FixedRenderOutput(
         rgb=color,
         opacity=opacity,

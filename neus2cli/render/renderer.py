@@ -201,6 +201,22 @@ def _visible_in_order(
     return keep
 
 
+def behind_object(
+    model: NeuSModel,
+    rays_o: torch.Tensor,
+    rays_d: torch.Tensor,
+    bg_color: torch.Tensor,
+    jitter: torch.Tensor | None,
+) -> torch.Tensor:
+    """(n_rays, 3) colour seen where the object lets light through: the model's background field where it
+    has one (``neus2cli.model.background``; ``bg_color`` is then not used, the field is opaque), else
+    ``bg_color`` (3,) or (n_rays, 3) expanded. Rays (n_rays, 3) normalized frame; ``jitter`` (n_rays,)
+    stratifies the field's samples (None: midpoints)."""
+    if model.background is not None:
+        return model.background(rays_o, rays_d, jitter)
+    return bg_color.expand(rays_o.shape[0], 3) if bg_color.dim() == 1 else bg_color
+
+
 def render_rays(
     model: NeuSModel,
     estimator,
@@ -217,6 +233,7 @@ def render_rays(
     alpha_thre: float = 0.0,
     max_samples: int | None = None,
     jitter: torch.Tensor | None = None,
+    bg_jitter: torch.Tensor | None = None,
 ) -> RenderOutput:
     """Render packed rays.
 
@@ -227,7 +244,8 @@ def render_rays(
         rays_o: (n_rays, 3) origins, normalized frame.
         rays_d: (n_rays, 3) unit directions.
         step_size: marching step in normalized units.
-        bg_color: (3,) or (n_rays, 3) background colour in [0, 1].
+        bg_color: (3,) or (n_rays, 3) background colour in [0, 1] (unused where the model has a
+            background field, see ``behind_object``).
         impl: the compositing implementation, ``Compute.composite_impl`` ("nerfacc" or "torch").
         march_impl: the marcher, ``Compute.march_impl``: ``"triton"`` (one (ray, step)-parallel kernel)
             or ``"torch"`` (its bit-identical twin); see ``neus2cli.render.march``.
@@ -239,6 +257,8 @@ def render_rays(
             random order, so this drops a random subset); None renders every ray.
         jitter: (n_rays,) U[0, 1) stratified offsets for ``train=True`` (default: drawn from the
             global generator).
+        bg_jitter: (n_rays,) U[0, 1) offsets of the background field's samples for ``train=True``
+            (default: drawn from the global generator; unused without a background field).
     """
     n_rays = rays_o.shape[0]
     inv_s = model.inv_s
@@ -279,7 +299,11 @@ def render_rays(
         ray_indices, t_starts, t_ends = ray_indices[:n_samples], t_starts[:n_samples], t_ends[:n_samples]
         rays_o, rays_d = rays_o[:n_rays], rays_d[:n_rays]
         bg_color = bg_color if bg_color.dim() == 1 else bg_color[:n_rays]
-    bg = bg_color.expand(n_rays, 3) if bg_color.dim() == 1 else bg_color
+    if model.background is not None and train and bg_jitter is None:
+        bg_jitter = torch.rand_like(rays_o[:, 0])
+    elif not train:
+        bg_jitter = None
+    bg = behind_object(model, rays_o, rays_d, bg_color, None if bg_jitter is None else bg_jitter[:n_rays])
     if n_samples == 0:
         zeros = rays_o.new_zeros(n_rays)
         return RenderOutput(bg.clone(), zeros, zeros, rays_o.new_zeros(n_rays, 3), rays_o.new_zeros(0, 3), 0)

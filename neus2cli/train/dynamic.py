@@ -482,6 +482,14 @@ def train_dynamic(
     """
     if mode is not None and mode not in MODES:
         raise UserError(f"--mode must be 'incremental' or 'per-frame', got '{mode}'.")
+    if cfg.model.background != "none":
+        # A frame's rigid transform maps its rays into the canonical frame, background and all: the
+        # room would move with the object. Refused rather than trained wrong.
+        raise UserError(
+            f"model.background={cfg.model.background} is for static scenes (`neus2 train`); a dynamic sequence "
+            "is reconstructed from masked views.",
+            hint="Drop the option (or use a preset without a background), and give the frames masks.",
+        )
     compute = device_for_rank(compute or resolve_compute(cfg.backend), ranks)
     with process_group(ranks, compute):
         sequence = load_dynamic_scene(scene_dir)

@@ -33,6 +33,7 @@ from neus2cli.model.fields import NeuSModel
 from neus2cli.render.fixed import render_rays_fixed
 from neus2cli.render.renderer import NORMALIZED_CUBE
 from neus2cli.train.ema import WeightEMA
+from neus2cli.train.losses import color_target
 from neus2cli.train.pixels import PixelBank
 
 # Steps run eagerly before capture (PyTorch's recipe warms up on a side stream; the third step is
@@ -132,8 +133,11 @@ class FixedShapeStep:
         else:
             bg = torch.ones(n, 3, device=self.device)
         jitter = torch.rand(n, device=self.device, generator=self.generator)
+        bg_jitter = None
+        if self.model.background is not None:  # as the eager step draws it
+            bg_jitter = torch.rand(n, device=self.device, generator=self.generator)
         mask = rgba[:, 3:4]
-        target = rgba[:, :3] * mask + (1.0 - mask) * bg
+        target = color_target(rgba, bg, self.model.background is not None)
         out = render_rays_fixed(
             self.model,
             self.binaries,
@@ -148,6 +152,7 @@ class FixedShapeStep:
             early_stop_eps=s.early_stop_eps,
             cos_anneal_ratio=self.cos_anneal_ratio,
             jitter=jitter,
+            bg_jitter=bg_jitter,
             march_impl=self.march_impl,
         )
         ray_w = out.ray_valid.to(out.rgb.dtype)
@@ -158,7 +163,7 @@ class FixedShapeStep:
             sample_w = out.sample_valid.to(out.sdf_grad.dtype)
             eikonal = ((out.sdf_grad.norm(dim=-1) - 1.0) ** 2 * sample_w).sum() / sample_w.sum().clamp_min(1.0)
             loss = loss + t.eikonal_weight * eikonal
-            if t.mask_weight > 0:
+            if t.mask_weight > 0 and self.bank.has_masks:
                 bce = torch.nn.functional.binary_cross_entropy(
                     out.opacity.clamp(1e-4, 1 - 1e-4), mask[:, 0], reduction="none"
                 )

@@ -26,3 +26,17 @@ def mask_bce(opacity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def psnr_from_mse(mse: float) -> float:
     return -10.0 * math.log10(max(mse, 1e-12))
+
+
+def color_target(rgba: torch.Tensor, bg: torch.Tensor, own_background: bool) -> torch.Tensor:
+    """(n, 3) the colour a ray is trained towards, from its pixel ``rgba`` (n, 4) in [0, 1].
+
+    Without a background field (``own_background`` False) the pixel is composited over the ray's
+    ``bg`` (n, 3), so the mask acts through the random background: outside it nothing may be opaque.
+    With one, the target is the image's own colour whatever its alpha: the background field explains
+    what is not the object, and masks act only through the mask loss.
+    """
+    if own_background:
+        return rgba[:, :3]
+    mask = rgba[:, 3:4]
+    return rgba[:, :3] * mask + (1.0 - mask) * bg

@@ -13,7 +13,8 @@ class PixelBank:
     """Every training pixel of a set of views, packed flat on ``device`` as uint8 RGBA.
 
     Views may differ in size. Cameras are kept in the **normalized** frame, so rays
-    come out ready for the networks.
+    come out ready for the networks. ``has_masks``: some pixel has alpha below 255 (the views carry
+    masks; without them the mask loss is off).
     """
 
     def __init__(self, views: list[View], images: list[np.ndarray], normalization: Normalization, device):
@@ -42,6 +43,9 @@ class PixelBank:
             else None
         )
         self.n_views = len(views)
+        # Whether any pixel is outside a mask: images without masks read as alpha 255 everywhere, and
+        # then the mask loss has nothing to say (it would only push every ray to be opaque).
+        self.has_masks = bool((self.pixels[:, 3] < 255).any())
 
     def _rays(self, view_ids: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         uv = torch.stack([u.float() + 0.5, v.float() + 0.5], dim=-1)

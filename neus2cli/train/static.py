@@ -26,7 +26,7 @@ from neus2cli.config import Config
 from neus2cli.data.identity import scene_identity
 from neus2cli.data.images import load_images
 from neus2cli.data.loader import load_scene
-from neus2cli.data.scene import Scene
+from neus2cli.data.scene import Normalization, Scene
 from neus2cli.data.validate import validate_scene
 from neus2cli.errors import UserError
 from neus2cli.export.mesh import save_mesh
@@ -68,8 +68,12 @@ def checkpoint_payload(trainer: NeuSTrainer, scene: Scene) -> dict:
     }
 
 
-def _load_training_scene(scene_path: Path) -> Scene:
+def _load_training_scene(scene_path: Path, bbox: np.ndarray | None = None) -> Scene:
+    """The scene, validated; ``bbox`` (2, 3) world [min, max]: its normalization fits that box into the
+    unit cube instead of the loader's (before validation, whose fit check then judges the user's box)."""
     scene = load_scene(scene_path)
+    if bbox is not None:
+        scene.normalization = Normalization.fitting_box(bbox)
     for warning in validate_scene(scene, check_images=True):
         log.warn(warning)
     if not scene.train_views:
@@ -81,7 +85,14 @@ def _new_trainer(cfg: Config, compute: Compute, scene: Scene, ckpt: dict | None,
     """The engine on the scene's training pixels, continued from ``ckpt`` when resuming."""
     torch.manual_seed(cfg.train.seed)
     images = load_images(scene.train_views, progress=progress)
-    trainer = NeuSTrainer(cfg, compute, PixelBank(scene.train_views, images, scene.normalization, compute.device))
+    bank = PixelBank(scene.train_views, images, scene.normalization, compute.device)
+    if not bank.has_masks and cfg.model.background == "none":
+        log.warn(
+            f"{scene.name}: the training images have no masks and the config no background model, so the SDF "
+            "must explain the whole image (walls where the background is). For an unmasked capture use "
+            "--config unmasked (or --set model.background=nerfpp)."
+        )
+    trainer = NeuSTrainer(cfg, compute, bank)
     if ckpt is not None:
         trainer.load_state_dict(ckpt["trainer"])
     return trainer
@@ -169,6 +180,27 @@ def _recorded_scene(out_dir: Path, ckpt: dict | None) -> dict | None:
     return None
 
 
+def _run_bbox(out_dir: Path, given: np.ndarray | None) -> np.ndarray | None:
+    """The ``--bbox`` a resumed run keeps: the one in its ``run.json`` (None: the scene's own normalization);
+    a ``given`` one that differs is refused, since the field was trained in that box's normalized frame."""
+    info = read_run_info(out_dir)
+    if info is None:  # stopped before run.json: nothing was trained in any frame yet
+        return given
+    recorded = None if info.get("bbox") is None else np.asarray(info["bbox"], dtype=np.float64)
+    if given is None or (recorded is not None and np.array_equal(recorded, given)):
+        return recorded
+    was = "the scene's own normalization" if recorded is None else f"--bbox {_box_text(recorded)}"
+    raise UserError(
+        f"--bbox {_box_text(given)} would change the normalization of the run being resumed (trained with {was}).",
+        path=out_dir,
+        hint="Drop --bbox to resume as the run was, or start a new run (another --out) with it.",
+    )
+
+
+def _box_text(box: np.ndarray) -> str:
+    return ",".join(f"{v:g}" for v in np.asarray(box).reshape(-1))
+
+
 def train_static(
     scene_path: Path,
     cfg: Config,
@@ -178,8 +210,12 @@ def train_static(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    bbox: np.ndarray | None = None,
 ) -> tuple[Path, dict]:
     """Train one static scene and write the run folder. Returns (run folder, metrics).
+
+    ``bbox`` (2, 3) world [min, max] (``train --bbox``) overrides the scene's normalization: that box
+    fills the unit cube (``Normalization.fitting_box``); recorded in ``run.json``, kept on resume.
 
     ``compute`` defaults to ``resolve_compute(cfg.backend)``. With ``resume``, ``cfg`` is the run's
     config (``train.run.run_config``): it may differ from the saved one only in
@@ -199,12 +235,13 @@ def train_static(
         if (out_dir / CHECKPOINT).exists():
             ckpt = load_checkpoint(out_dir / CHECKPOINT)
         check_same_scene(out_dir, _recorded_scene(out_dir, ckpt), identity)
+        bbox = _run_bbox(out_dir, bbox)
         done = _complete_metrics(out_dir, ckpt, cfg, resume_changes(out_dir, cfg))
         if done is not None:
             log.info(f"the run in {out_dir} is already complete ({done['steps']} steps); nothing to do.")
             return out_dir, done
     try:
-        scene = _load_training_scene(scene_path)
+        scene = _load_training_scene(scene_path, bbox)
         if out_dir is None:
             out_dir = default_run_dir(scene.name)
         ckpt_path = out_dir / CHECKPOINT
@@ -215,7 +252,10 @@ def train_static(
         else:
             new_run_dir(out_dir, force, owned=(METRICS, RUN_FILE, RESUMES_FILE, CHECKPOINT))
             cfg.save(out_dir / "config.json")  # first: from here on the folder is a run that resumes
-        write_json(out_dir / RUN_FILE, {"scene": identity["path"], "scene_identity": identity})
+        info = {"scene": identity["path"], "scene_identity": identity}
+        if bbox is not None:
+            info["bbox"] = np.asarray(bbox, dtype=np.float64).tolist()
+        write_json(out_dir / RUN_FILE, info)
         compute = compute or resolve_compute(cfg.backend)
         trainer = _new_trainer(cfg, compute, scene, ckpt, progress)
 
@@ -256,4 +296,6 @@ def render_test_views(run_dir: str | Path, compute: Compute) -> list[dict]:
     views = scene.test_views
     if not views:
         raise UserError("the run's scene has no test views to evaluate.", path=scene.root)
-    return render_views(field, views, load_images(views, progress=True), scene.normalization, progress=True)
+    # The run's own normalization (a --bbox run's differs from the scene's).
+    normalization = Normalization.from_dict(ckpt["normalization"])
+    return render_views(field, views, load_images(views, progress=True), normalization, progress=True)

@@ -26,7 +26,7 @@ from neus2cli.render.occupancy import make_occupancy_grid
 from neus2cli.render.renderer import NORMALIZED_CUBE, render_rays
 from neus2cli.train.ema import WeightEMA
 from neus2cli.train.fixed_step import FixedShapeStep
-from neus2cli.train.losses import eikonal_loss, huber_loss, mask_bce, psnr_from_mse
+from neus2cli.train.losses import color_target, eikonal_loss, huber_loss, mask_bce, psnr_from_mse
 from neus2cli.train.pixels import PixelBank
 from neus2cli.train.progress import TrainProgress
 from neus2cli.train.schedules import active_levels, lr_factor
@@ -255,8 +255,11 @@ class NeuSTrainer:
         else:
             bg = torch.ones(n, 3, device=self.device)
         jitter = torch.rand(n, device=self.device, generator=self.generator)  # as FixedShapeStep draws it
+        bg_jitter = None
+        if self.model.background is not None:  # drawn only with one, so runs without keep their draws
+            bg_jitter = torch.rand(n, device=self.device, generator=self.generator)
         mask = rgba[:, 3:4]
-        target = rgba[:, :3] * mask + (1.0 - mask) * bg
+        target = color_target(rgba, bg, self.model.background is not None)
         cos_ratio = self._cos_anneal_ratio()
         out = render_rays(
             self.model,
@@ -272,6 +275,7 @@ class NeuSTrainer:
             cos_anneal_ratio=cos_ratio,
             max_samples=s.max_samples_factor * s.target_samples,
             jitter=jitter,
+            bg_jitter=bg_jitter,
         )
         if out.rgb.shape[0] < n:  # the sample budget cut the batch
             n = out.rgb.shape[0]
@@ -281,7 +285,7 @@ class NeuSTrainer:
         loss = rgb_loss
         if not self.freeze_field:
             loss = loss + t.eikonal_weight * eikonal_loss(out.sdf_grad)
-            if t.mask_weight > 0:
+            if t.mask_weight > 0 and self.bank.has_masks:
                 loss = loss + t.mask_weight * mask_bce(out.opacity, mask[:, 0])
         if loss.requires_grad:
             self.optimizer.zero_grad(set_to_none=True)
