@@ -116,10 +116,11 @@ class SDFNetwork(nn.Module):
         return outputs[:, 0] + self.sdf_bias, grad, outputs
 
     def _field_impl(self, x: torch.Tensor) -> FieldImpl:
-        """The fused kernels where the MLP runs as kernels (``Compute.kernel_impl``) and the points need
-        no gradient of their own; the twin (the encoding module, autograd for its Jacobian) elsewhere."""
-        fused = self.mlp_impl == "triton" and x.dtype == torch.float32 and x.is_cuda
-        return "triton" if fused and not (x.requires_grad and torch.is_grad_enabled()) else "torch"
+        """Always the twin (the encoding module, autograd for its Jacobian, the MLP's kernels where
+        ``mlp_impl`` says so). The fused field kernels (``impl="triton"``) pass the interpreter tests but
+        hit an illegal memory access on the H200 (2026-12-03): they stay off until that is found."""
+        del x
+        return "torch"
 
     def _fused_cpu_gradient(self, x: torch.Tensor) -> bool:
         """The PyTorch hash grid on the CPU, at points without a graph of their own (everything but a
