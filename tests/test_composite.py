@@ -27,13 +27,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 GRAD_NAMES = ("sdf", "grad", "dirs", "dists", "rgb", "inv_s", "bg_color")
 
 
-def make_case(n_rays: int, max_len: int, pad: int, seed: int, *, dtype=torch.float32, opaque: bool = True):
-    """A packed batch as ``render_rays_fixed`` builds it (see the module docstring), on the CPU."""
+def make_case(n_rays: int, max_len: int, pad: int, seed: int, *, dtype=torch.float32, opaque=True, active=None):
+    """A packed batch as ``render_rays_fixed`` builds it (see the module docstring), on the CPU; rays from
+    ``active`` on have no samples (``render_rays_fixed``'s inactive rays)."""
     gen = torch.Generator().manual_seed(seed)
     counts = torch.randint(0, max_len + 1, (n_rays,), generator=gen)
     if n_rays > 1:
         counts[::5] = 0  # rays without samples
     counts[min(1, n_rays - 1)] = max_len  # the longest ray sets the block's walk length
+    if active is not None:
+        counts[active:] = 0
     ray_indices = torch.cat([torch.repeat_interleave(torch.arange(n_rays), counts), torch.full((pad,), n_rays)])
     n = ray_indices.shape[0]
     sdf = torch.rand(n, generator=gen, dtype=dtype) * 0.4 - 0.15
@@ -164,10 +167,12 @@ def test_bad_inputs_are_refused():
 # --------------------------------------------------------------------------- the kernels against the twin
 
 
-def assert_triton_matches_twin(device: str, n_rays: int, max_len: int, pad: int, seed: int) -> None:
+def assert_triton_matches_twin(
+    device: str, n_rays: int, max_len: int, pad: int, seed: int, active: int | None = None
+) -> None:
     """Forward and all seven gradients of impl="triton" against the twin, for three annealing inputs
     and with and without an opacity term in the loss (``d_opacity`` None inside the backward)."""
-    case = make_case(n_rays, max_len, pad, seed)
+    case = make_case(n_rays, max_len, pad, seed, active=active)
     cot = _cotangents(n_rays, seed + 100, device)
     for ratio, use_opacity in ((1.0, True), (0.3, False), (torch.tensor(0.7, device=device), True)):
         ref = _value_and_grads(_leaves(case, device), ratio, lambda c, r: _call(c, r, "torch"), cot, use_opacity)
@@ -240,6 +245,7 @@ def test_triton_interpreter_matches_twin():
         "kernels.BLOCK_RAYS, kernels.ZERO_BLOCK = 16, 8\n"
         "assert_triton_matches_twin('cpu', 50, 40, 23, 0)\n"
         "assert_triton_matches_twin('cpu', 7, 3, 0, 1)  # one program, no padding\n"
+        "assert_triton_matches_twin('cpu', 64, 30, 40, 2, active=10)  # programs with no sample at all\n"
         "kernels.BLOCK_RAYS, kernels.ZERO_BLOCK = 128, 1024\n"
         "assert_fixed_render_matches('cpu')\n"
     )
@@ -259,6 +265,8 @@ def test_triton_matches_twin_on_cuda():
     assert_triton_matches_twin("cuda", 50, 40, 23, 0)
     # Training sizes: 2^14 rays of up to 300 samples (~2.5e6 slots), padding, several thousand programs.
     assert_triton_matches_twin("cuda", 1 << 14, 300, 4099, 1)
+    # As a training step passes them: 2^16 rays, the leading 5000 active.
+    assert_triton_matches_twin("cuda", 1 << 16, 120, 30_011, 2, active=5000)
     assert_fixed_render_matches("cuda")
 
 

@@ -169,6 +169,11 @@ def composite_neus(
     floats = (sdf, grad, dirs, dists, rgb, inv_s, bg_color)
     if any(t.dtype != torch.float32 for t in floats):
         raise ValueError(f"impl='triton' needs float32 tensors, got {[t.dtype for t in floats]}")
+    named = dict(grad=grad, dirs=dirs, dists=dists, rgb=rgb, sample_valid=sample_valid, ray_indices=ray_indices,
+                 inv_s=inv_s, cos_anneal_ratio=cos_anneal_ratio, bg_color=bg_color)  # fmt: skip
+    for name, t in named.items():
+        if isinstance(t, Tensor) and t.device != sdf.device:  # the kernels read them through pointers
+            raise ValueError(f"{name} must be on {sdf.device} with impl='triton', got {t.device}")
     if isinstance(cos_anneal_ratio, Tensor):
         if cos_anneal_ratio.requires_grad:
             raise ValueError("impl='triton' treats cos_anneal_ratio as a constant; pass it without requires_grad")
