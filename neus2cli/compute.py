@@ -49,9 +49,9 @@ class Compute:
 
     @property
     def kernel_impl(self) -> KernelImpl:
-        """The project's own kernels (the ray marcher ``render.march``, the SDF MLP
-        ``model.sdf_mlp``): Triton with tcnn (Triton ships with PyTorch's CUDA builds), else their
-        PyTorch twins."""
+        """The project's own kernels (the ray marcher ``render.march``, the SDF MLP ``model.sdf_mlp``,
+        the training batch's NeuS compositing ``render.composite``): Triton with tcnn (Triton ships
+        with PyTorch's CUDA builds), else their PyTorch twins."""
         return "triton" if self.backend == "tcnn" else "torch"
 
     @property

@@ -29,9 +29,10 @@ import torch
 from torch import Tensor
 
 from neus2cli.model.fields import NeuSModel
+from neus2cli.render.composite import Impl as KernelImpl
+from neus2cli.render.composite import composite_neus
 from neus2cli.render.march import Impl as MarchImpl
 from neus2cli.render.march import march_rays_capped, march_window
-from neus2cli.render.neus import neus_alpha
 from neus2cli.render.renderer import NORMALIZED_CUBE, behind_object, prepass_alpha
 from neus2cli.render.volrend import transmittance_sorted
 
@@ -87,6 +88,7 @@ def render_rays_fixed(
     jitter: Tensor | None = None,
     bg_jitter: Tensor | None = None,
     march_impl: MarchImpl = "torch",
+    kernel_impl: KernelImpl = "torch",
     create_graph: bool = True,
 ) -> FixedRenderOutput:
     """Render R rays into fixed capacities (module docstring), for training.
@@ -110,6 +112,8 @@ def render_rays_fixed(
         jitter: (R,) U[0, 1) stratified offsets of the step grid, or None.
         bg_jitter: (R,) U[0, 1) offsets of the background field's samples, or None (midpoints).
         march_impl: ``Compute.march_impl``; only ``"triton"`` is free of host reads.
+        kernel_impl: ``Compute.kernel_impl``, the compositing after the networks
+            (``render.composite.composite_neus``): ``"triton"`` fuses it into two kernels.
         create_graph: keep the gradient's graph for the eikonal double backward.
     """
     n_rays = rays_o.shape[0]
@@ -164,14 +168,15 @@ def render_rays_fixed(
     # adds a zero for each at scattered cells, where one shared point would serialise its atomics.
     x = torch.where(sample_valid[:, None], x, x[torch.arange(sample_capacity, device=device) % n_samples.clamp_min(1)])
     sdf, grad, outputs = model.sdf_and_gradient(x, create_graph=create_graph)
-    alpha = neus_alpha(sdf, grad, dirs, t_ends - t_starts, inv_s, cos_anneal_ratio)
-    alpha = torch.where(sample_valid, alpha, 0.0)
+    # A view of grad made before the colour network: autograd then adds grad's incoming gradients in
+    # the order it did when alpha was computed here, before composite_neus (same CPU gradients, bit for bit).
+    grad_alpha = grad.view_as(grad)
     rgb = model.color(outputs, dirs, x, grad)
-    weights = transmittance_sorted(alpha, ray_indices) * alpha
-    # One extra row collects the padding (zero weights), so no index is out of range.
-    color = rgb.new_zeros(n_rays + 1, 3).index_add(0, ray_indices, weights[:, None] * rgb)[:n_rays]
-    opacity = weights.new_zeros(n_rays + 1).index_add(0, ray_indices, weights)[:n_rays]
-    color = color + (1.0 - opacity[:, None]) * behind_object(model, rays_o, rays_d, bg_color, bg_jitter)
+    background = behind_object(model, rays_o, rays_d, bg_color, bg_jitter)
+    color, opacity = composite_neus(
+        sdf, grad_alpha, dirs, t_ends - t_starts, rgb, sample_valid, ray_indices, n_rays, inv_s, cos_anneal_ratio,
+        background, impl=kernel_impl,
+    )  # fmt: skip
     return FixedRenderOutput(
         rgb=color,
         opacity=opacity,

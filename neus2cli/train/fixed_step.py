@@ -76,6 +76,7 @@ class FixedShapeStep:
         grid_binaries: the occupancy grid's (rx, ry, rz) bool cells, copied into ``binaries``.
         n_rays: the first batch's active ray count.
         march_impl: ``Compute.march_impl``.
+        kernel_impl: ``Compute.kernel_impl``: the compositing kernels (``render.composite``).
         ray_transform: as in ``NeuSTrainer``; the step is then never captured (its owner steps its
             own optimiser between steps).
         capture: replay the step as a CUDA graph after the warm-up (CUDA with the Triton marcher only).
@@ -94,6 +95,7 @@ class FixedShapeStep:
         grid_binaries: Tensor,
         n_rays: int,
         march_impl: str,
+        kernel_impl: str,
         ray_transform: nn.Module | None,
         capture: bool,
     ):
@@ -102,6 +104,7 @@ class FixedShapeStep:
         self.model, self.bank, self.optimizer, self.ema, self.generator = model, bank, optimizer, ema, generator
         self.ray_transform = ray_transform
         self.march_impl = march_impl
+        self.kernel_impl = kernel_impl
         self.device = bank.pixels.device
         self.lr = lr
         self.max_rays = s.max_rays
@@ -154,6 +157,7 @@ class FixedShapeStep:
             jitter=jitter,
             bg_jitter=bg_jitter,
             march_impl=self.march_impl,
+            kernel_impl=self.kernel_impl,
         )
         ray_w = out.ray_valid.to(out.rgb.dtype)
         n_valid = ray_w.sum().clamp_min(1.0)

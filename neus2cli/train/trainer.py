@@ -156,6 +156,7 @@ class NeuSTrainer:
                 grid_binaries=self.grid.binaries[0],
                 n_rays=self.n_rays,
                 march_impl=compute.march_impl,
+                kernel_impl=compute.kernel_impl,
                 ray_transform=ray_transform,
                 capture=capture,
             )
