@@ -50,9 +50,17 @@ class Compute:
     @property
     def kernel_impl(self) -> KernelImpl:
         """The project's own kernels (the ray marcher ``render.march``, the SDF MLP ``model.sdf_mlp``,
-        the training batch's NeuS compositing ``render.composite``): Triton with tcnn (Triton ships
-        with PyTorch's CUDA builds), else their PyTorch twins."""
+        the fused SDF field ``model.sdf_field``): Triton with tcnn (Triton ships with PyTorch's CUDA
+        builds), else their PyTorch twins."""
         return "triton" if self.backend == "tcnn" else "torch"
+
+    @property
+    def batch_composite_impl(self) -> KernelImpl:
+        """The training batch's NeuS compositing (``render.composite``): the twin on every device. Its
+        Triton kernels walk one ray per lane; inside the captured step on an H200 they cost 1.5 ms per
+        step (0.65 forward, 0.88 backward) where the twin's ~120 small kernels cost about 0.6 ms
+        (bench/profile_step.py, DTU 24, 2026-12-03), so they are not the default until they are faster."""
+        return "torch"
 
     @property
     def march_impl(self) -> MarchImpl:

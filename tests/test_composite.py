@@ -225,9 +225,11 @@ def assert_fixed_render_matches(device: str) -> None:
         loss = out.rgb.square().sum() + out.opacity.square().sum() + eik
         results.append((out.rgb.detach(), out.opacity.detach(), torch.autograd.grad(loss, list(model.parameters()))))
     (rgb_a, op_a, g_a), (rgb_b, op_b, g_b) = results
-    # As in assert_triton_matches_twin; parameter gradients sum ~1e4 samples: 1e-4 of the largest entry.
-    torch.testing.assert_close(rgb_b, rgb_a, rtol=1e-5, atol=2e-6)
-    torch.testing.assert_close(op_b, op_a, rtol=1e-5, atol=2e-6)
+    # Colours sum ~100 samples per ray in another order, and on CUDA Triton's exp is the 2-ulp ex2.approx:
+    # one colour of 288 differed by 4.6e-6 (2e-5 relative) on an H200, so 1e-4 relative / 1e-5 absolute.
+    # Parameter gradients sum ~1e4 samples: 1e-4 of the largest entry.
+    torch.testing.assert_close(rgb_b, rgb_a, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(op_b, op_a, rtol=1e-4, atol=1e-5)
     for (name, _), a, b in zip(model.named_parameters(), g_a, g_b, strict=True):
         scale = a.abs().max().item()
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * scale + 1e-12, msg=name)

@@ -35,7 +35,10 @@ from neus2cli.model.sdf_mlp_triton import DOT_PRECISION
 
 BLOCK = 64  # rows per program step
 FORWARD_WARPS = 4
-BACKWARD_WARPS = 8
+# Not 8: with 8 warps Triton 3.6 lays out the (HP, BLOCK) x (BLOCK, LFP) weight-gradient dot past the
+# end of its shared memory on sm_90 (compute-sanitizer: "Invalid __shared__ read of size 512 bytes",
+# then illegal addresses at NeuS2's grid); 4 warps are memcheck-clean (tests/test_sdf_field_fused.py).
+BACKWARD_WARPS = 4
 BACKWARD_PROGRAMS = 528  # 4 per SM of an H100/H200 (as the MLP kernels): few weight partials to add up
 XP = tl.constexpr(16)  # the MLP's 3 direct inputs, padded to tl.dot's smallest K
 

@@ -112,7 +112,7 @@ def render_rays_fixed(
         jitter: (R,) U[0, 1) stratified offsets of the step grid, or None.
         bg_jitter: (R,) U[0, 1) offsets of the background field's samples, or None (midpoints).
         march_impl: ``Compute.march_impl``; only ``"triton"`` is free of host reads.
-        kernel_impl: ``Compute.kernel_impl``, the compositing after the networks
+        kernel_impl: ``Compute.batch_composite_impl``, the compositing after the networks
             (``render.composite.composite_neus``): ``"triton"`` fuses it into two kernels.
         create_graph: keep the gradient's graph for the eikonal double backward.
     """

@@ -76,7 +76,7 @@ class FixedShapeStep:
         grid_binaries: the occupancy grid's (rx, ry, rz) bool cells, copied into ``binaries``.
         n_rays: the first batch's active ray count.
         march_impl: ``Compute.march_impl``.
-        kernel_impl: ``Compute.kernel_impl``: the compositing kernels (``render.composite``).
+        kernel_impl: ``Compute.batch_composite_impl``: the compositing's ``impl`` (``render.composite``).
         ray_transform: as in ``NeuSTrainer``; the step is then never captured (its owner steps its
             own optimiser between steps).
         capture: replay the step as a CUDA graph after the warm-up (CUDA with the Triton marcher only).

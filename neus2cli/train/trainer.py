@@ -156,7 +156,7 @@ class NeuSTrainer:
                 grid_binaries=self.grid.binaries[0],
                 n_rays=self.n_rays,
                 march_impl=compute.march_impl,
-                kernel_impl=compute.kernel_impl,
+                kernel_impl=compute.batch_composite_impl,
                 ray_transform=ray_transform,
                 capture=capture,
             )
