@@ -116,11 +116,13 @@ class SDFNetwork(nn.Module):
         return outputs[:, 0] + self.sdf_bias, grad, outputs
 
     def _field_impl(self, x: torch.Tensor) -> FieldImpl:
-        """The fused field kernels (``model.sdf_field``, ``impl="triton"``) where the MLP runs as Triton
-        kernels (the tcnn path on CUDA) and ``x`` needs no gradient; else the twin. Points that need
-        one are a dynamic frame's learned global transform: the kernels give x no gradient."""
-        fused = self.mlp_impl == "triton" and x.is_cuda and self.encoding.params.dtype == torch.float32
-        return "triton" if fused and not (x.requires_grad and torch.is_grad_enabled()) else "torch"
+        """Always the twin (the encoding module, autograd for its Jacobian, the MLP's kernels where
+        ``mlp_impl`` says so). The fused field kernels (``impl="triton"``) are right and memcheck-clean on
+        the H200 but slower there: with them the DTU step took 9.8 ms against 7.9 ms (their backward
+        4.3 ms, their forwards 2.5 ms per step, where tinycudann's grid kernels and the MLP's take about
+        4.1 ms together; bench/profile_step.py, 2026-12-03). They stay off until they beat that."""
+        del x
+        return "torch"
 
     def _fused_cpu_gradient(self, x: torch.Tensor) -> bool:
         """The PyTorch hash grid on the CPU, at points without a graph of their own (everything but a
