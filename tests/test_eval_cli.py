@@ -116,8 +116,13 @@ ERROR_CASES = {
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_user_errors(case, spheres, tmp_path):
+    # In-process, through the console script's entry point (tests/cli_table.run_cli: the same exit code,
+    # stdout and stderr), not an interpreter per case; the tests above run `neus2 evaluate` as a process.
+    from tests.cli_table import run_cli
+
     make_args, phrase = ERROR_CASES[case]
-    out = neus2(*make_args(tmp_path, spheres[1]))
+    result = run_cli(["evaluate", *map(str, make_args(tmp_path, spheres[1]))])
+    out = subprocess.CompletedProcess(None, result.code, result.out, result.err)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     assert phrase in " ".join(out.stderr.split())  # the message is wrapped to 100 columns
