@@ -1,4 +1,4 @@
-"""``python -m data_tools static|dynamic MESH OUT [options]``: thin typer front end."""
+"""``python -m data_tools static|dynamic MESH OUT [options]`` and ``to-colmap SCENE OUT``: thin typer front end."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ class Layout(str, Enum):
 class Convention(str, Enum):
     neus2 = "neus2"
     blender = "blender"
+
+
+class CameraModel(str, Enum):
+    auto = "auto"
+    PINHOLE = "PINHOLE"
+    OPENCV = "OPENCV"
 
 
 class Deform(str, Enum):
@@ -200,6 +206,40 @@ def dynamic_cmd(
         rig=rig,
         shading=settings(Shading, supersample=supersample),
         per_frame_jitter_deg=frame_jitter,
+        overwrite=overwrite,
+        command=_command_line(),
+    )
+    typer.echo(f"wrote {path}")
+
+
+@app.command("to-colmap")
+def to_colmap_cmd(
+    scene: Path = typer.Argument(..., help="A static scene (a `data_tools static` folder or any scene neus2 reads)."),
+    out: Path = typer.Argument(..., help="COLMAP scene folder to create (images/, masks/, sparse/0/)."),
+    binary: bool = typer.Option(True, "--binary/--text", help="Model files: .bin (COLMAP's default) or .txt."),
+    camera_model: CameraModel = typer.Option(
+        CameraModel.auto, "--camera-model", help="auto: PINHOLE, or OPENCV for views with distortion."
+    ),
+    masks: bool = typer.Option(
+        True, "--masks/--no-masks", help="Write masks/ from the views' alpha; --no-masks composites over white."
+    ),
+    points: int = typer.Option(2000, "--points", help="Points sampled on the mesh for points3D."),
+    mesh: Path = typer.Option(None, "--mesh", help="Mesh in the scene's world frame (default: SCENE/gt_mesh.ply)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the point sampling."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a folder this tool wrote before."),
+) -> None:
+    """Write a static scene as a COLMAP sparse model (cameras, images, points3D on the mesh) + images/."""
+    from data_tools.colmap import export_colmap
+
+    path = export_colmap(
+        scene,
+        out,
+        binary=binary,
+        camera_model=camera_model.value,
+        masks=masks,
+        n_points=points,
+        mesh_path=mesh,
+        seed=seed,
         overwrite=overwrite,
         command=_command_line(),
     )

@@ -1,6 +1,6 @@
 """COLMAP sparse models (text and binary) -> Scene: poses, pixel convention, distortion, errors.
 
-The fixtures write COLMAP models with our own small writers, following the documented
+The fixtures write COLMAP models with ``data_tools.colmap``'s writers, following the documented
 layouts (https://colmap.github.io/format.html), for known cameras and known 3D points. The
 2D observations stored in the model are computed here with COLMAP's projection written out
 independently of the loader (rotation matrices, not quaternions; each model's distortion
@@ -21,96 +21,24 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from data_tools.colmap import SparseCamera as Cam
+from data_tools.colmap import SparseImage as Img
+from data_tools.colmap import SparseModel, write_binary_model, write_text_model
+from data_tools.colmap import SparsePoint as Pt
 from neus2cli.data.cameras import look_at
-from neus2cli.data.formats_colmap import CAMERA_MODELS, colmap_pose_to_c2w, qvec_to_rotation, sparse_points
+from neus2cli.data.formats_colmap import colmap_pose_to_c2w, qvec_to_rotation, sparse_points
 from neus2cli.data.loader import detect_format, is_dynamic_dir, load_scene
 from neus2cli.data.rays import project_points
 from neus2cli.data.validate import validate_scene
 from neus2cli.errors import UserError
 from tests.test_data_convert import run_cli
 
-_MODEL_IDS = {name: i for i, (name, _) in CAMERA_MODELS.items()}
-
 
 @dataclass
-class Cam:
-    camera_id: int
-    model: str
-    width: int
-    height: int
-    params: tuple[float, ...]
+class Model(SparseModel):
+    """A sparse model plus the known OpenCV camera-to-world of each image, by name."""
 
-
-@dataclass
-class Img:
-    image_id: int
-    qvec: tuple[float, ...]
-    tvec: tuple[float, ...]
-    camera_id: int
-    name: str
-    points2d: list[tuple[float, float, int]] = field(default_factory=list)
-
-
-@dataclass
-class Pt:
-    point_id: int
-    xyz: tuple[float, float, float]
-    track: list[tuple[int, int]] = field(default_factory=list)
-
-
-@dataclass
-class Model:
-    cameras: list[Cam]
-    images: list[Img]
-    points: list[Pt]
-    c2w: dict[str, np.ndarray]  # the known OpenCV camera-to-world of each image, by name
-
-
-# --------------------------------------------------------------------------------------------
-# Writers (documented COLMAP layouts).
-
-
-def write_text_model(folder: Path, model: Model) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    r = repr  # repr(float) round-trips exactly, so text and binary hold the same numbers
-    with open(folder / "cameras.txt", "w") as f:
-        f.write("# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
-        for c in model.cameras:
-            f.write(" ".join([str(c.camera_id), c.model, str(c.width), str(c.height), *map(r, c.params)]) + "\n")
-    with open(folder / "images.txt", "w") as f:
-        f.write("# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n# POINTS2D[] as (X, Y, POINT3D_ID)\n")
-        for im in model.images:
-            f.write(" ".join([str(im.image_id), *map(r, im.qvec), *map(r, im.tvec), str(im.camera_id), im.name]) + "\n")
-            f.write(" ".join(f"{r(x)} {r(y)} {pid}" for x, y, pid in im.points2d) + "\n")
-    with open(folder / "points3D.txt", "w") as f:
-        f.write("# POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n")
-        for p in model.points:
-            track = " ".join(f"{i} {j}" for i, j in p.track)
-            f.write(" ".join([str(p.point_id), *map(r, p.xyz), "128 128 128", "0.5", track]).rstrip() + "\n")
-
-
-def write_binary_model(folder: Path, model: Model) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "cameras.bin", "wb") as f:
-        f.write(struct.pack("<Q", len(model.cameras)))
-        for c in model.cameras:
-            f.write(struct.pack("<IiQQ", c.camera_id, _MODEL_IDS[c.model], c.width, c.height))
-            f.write(struct.pack(f"<{len(c.params)}d", *c.params))
-    with open(folder / "images.bin", "wb") as f:
-        f.write(struct.pack("<Q", len(model.images)))
-        for im in model.images:
-            f.write(struct.pack("<I4d3dI", im.image_id, *im.qvec, *im.tvec, im.camera_id))
-            f.write(im.name.encode() + b"\0")
-            f.write(struct.pack("<Q", len(im.points2d)))
-            for x, y, pid in im.points2d:
-                f.write(struct.pack("<ddq", x, y, pid))
-    with open(folder / "points3D.bin", "wb") as f:
-        f.write(struct.pack("<Q", len(model.points)))
-        for p in model.points:
-            f.write(struct.pack("<Q3d3Bd", p.point_id, *p.xyz, 128, 128, 128, 0.5))
-            f.write(struct.pack("<Q", len(p.track)))
-            for i, j in p.track:
-                f.write(struct.pack("<II", i, j))
+    c2w: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,32 +313,124 @@ def test_sparse_points_are_the_normalization_points_and_inspect_plots_them(tmp_p
     assert sparse_points(tmp_path / "nothing-here") is None
 
 
-def test_generated_scene_exported_as_colmap_loads_to_the_same_cameras(tmp_path):
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """A generated scene (6 train + 2 test views, 32 px, RGBA) and its COLMAP exports, binary and text."""
+    from data_tools.colmap import export_colmap
     from tests.scenes import static_scene
 
-    original = load_scene(static_scene(tmp_path / "gen", views=6, size=32))
-    root = tmp_path / "colmap"
-    cams, imgs = [], []
-    for i, view in enumerate(original.views):
-        K = view.K  # centres at +0.5 in both conventions: written unchanged
-        cams.append(Cam(i + 1, "PINHOLE", view.width, view.height, (K[0, 0], K[1, 1], K[0, 2], K[1, 2])))
-        R = view.c2w[:3, :3].T
-        x, y, z, w = Rotation.from_matrix(R).as_quat()
-        name = view.image_path.relative_to(original.root).as_posix()  # train/0000.png, test/0000.png
-        imgs.append(Img(i + 1, (w, x, y, z), tuple((-R @ view.c2w[:3, 3]).tolist()), i + 1, name))
-        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(view.image_path, root / "images" / name)
-    rng = np.random.default_rng(1)
-    pts = [Pt(k, tuple(rng.uniform(-0.9, 0.9, 3).tolist()), [(1, 0), (2, 0), (3, 0)]) for k in range(50)]
-    write_binary_model(root / "sparse" / "0", Model(cams, imgs, pts, {}))
-    loaded = load_scene(root)
-    by_path = {v.image_path.relative_to(root / "images"): v for v in loaded.views}
+    root = tmp_path_factory.mktemp("generated")
+    scene = static_scene(root / "gen", views=6, size=32)
+    binary = export_colmap(scene, root / "colmap_bin", n_points=400)
+    text = export_colmap(scene, root / "colmap_txt", binary=False, n_points=400)
+    return scene, binary, text
+
+
+@pytest.mark.parametrize("kind", ["bin", "txt"])
+def test_generated_scene_exported_as_colmap_reprojects_like_the_scene(generated, kind):
+    """data_tools.colmap: the written model's cameras put world points on the scene's own pixels."""
+    scene_root, _, _ = generated
+    root = generated[1 if kind == "bin" else 2]
+    assert (root / "sparse" / "0" / f"cameras.{kind}").is_file()
+    original, loaded = load_scene(scene_root), load_scene(root)
+    assert loaded.format == "colmap" and len(loaded.views) == len(original.views) == 8
+    by_name = {v.image_path.relative_to(root / "images").as_posix(): v for v in loaded.views}
+    rng = np.random.default_rng(3)
+    X = torch.as_tensor(rng.uniform(-1.0, 1.0, (200, 3)))  # the object's bounding sphere has radius 1
     for view in original.views:
-        got = by_path[view.image_path.relative_to(original.root)]
-        np.testing.assert_allclose(got.K, view.K, atol=1e-12, rtol=0)
-        # Matrix -> quaternion -> matrix in float64: ~1e-15.
-        np.testing.assert_allclose(got.c2w, view.c2w, atol=1e-12, rtol=0)
+        got = by_name[view.image_path.relative_to(scene_root).as_posix()]
+        assert (got.width, got.height) == (view.width, view.height) and got.distortion is None
+        uv0, z0 = project_points(X, torch.as_tensor(view.K), torch.as_tensor(view.c2w))
+        uv1, z1 = project_points(X, torch.as_tensor(got.K), torch.as_tensor(got.c2w))
+        # Matrix -> quaternion -> matrix in float64 is exact to ~1e-15; the pixels (~32 px, focal ~37 px)
+        # to ~1e-13. 1e-6 px would catch any convention slip (a half-pixel shift, a transposed rotation).
+        np.testing.assert_allclose(uv1.numpy(), uv0.numpy(), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(z1.numpy(), z0.numpy(), atol=1e-9, rtol=0)
+        # The masks are the scene's alpha, the images its colours: the trainer sees the same RGBA.
+        np.testing.assert_array_equal(got.load_rgba(), view.load_rgba())
     assert validate_scene(loaded, progress=False) is not None
+
+
+def test_generated_colmap_points_are_on_the_mesh_and_bound_the_object(generated):
+    import trimesh
+
+    from neus2cli.data.formats_colmap import find_colmap_model, read_colmap_model
+
+    scene_root, root, _ = generated
+    model = read_colmap_model(find_colmap_model(root))
+    truth = trimesh.load(scene_root / "gt_mesh.ply")
+    # Points on the surface, each seen by 2+ of the 8 views (occluded views left out: a convex-ish object
+    # seen from all round shows each point to about half of them), 1.5 on average at least.
+    tris = np.asarray(truth.triangles)  # brute force (trimesh's proximity queries need rtree)
+    dist = [
+        np.linalg.norm(trimesh.triangles.closest_point(tris, np.repeat(p[None], len(tris), 0)) - p, axis=1).min()
+        for p in model.points[::4]
+    ]
+    assert max(dist) < 1e-6 and len(model.points) > 300
+    assert model.track_lengths.min() >= 2 and 2.5 < model.track_lengths.mean() < 6.5
+    # The automatic bounds from these points hold the whole object in the unit cube.
+    inside = load_scene(root).normalization.world_to_normalized(np.asarray(truth.vertices))
+    assert inside.min() > 0.0 and inside.max() < 1.0, (inside.min(), inside.max())
+
+
+def test_generated_colmap_observations_are_the_points_projections(generated):
+    """The text model's 2D points (read here, the loader skips them) are their 3D points' projections,
+    and tracks and observations point at each other."""
+    _, _, root = generated
+    folder = root / "sparse" / "0"
+    xyz, tracks = {}, {}
+    for line in (folder / "points3D.txt").read_text().splitlines()[1:]:
+        t = line.split()
+        xyz[int(t[0])] = [float(v) for v in t[1:4]]
+        tracks[int(t[0])] = [(int(i), int(j)) for i, j in zip(t[8::2], t[9::2], strict=True)]
+    lines = (folder / "images.txt").read_text().splitlines()[2:]
+    views = {v.image_path.relative_to(root / "images").as_posix(): v for v in load_scene(root).views}
+    n_obs = 0
+    for head, obs in zip(lines[0::2], lines[1::2], strict=True):
+        image_id, name = int(head.split()[0]), head.split()[9]
+        t = obs.split()
+        uv = np.array([[float(x), float(y)] for x, y in zip(t[0::3], t[1::3], strict=True)])
+        pids = [int(p) for p in t[2::3]]
+        for idx, pid in enumerate(pids):
+            assert (image_id, idx) in tracks[pid]
+        view = views[name]
+        X = torch.as_tensor(np.array([xyz[p] for p in pids]))
+        got, _ = project_points(X, torch.as_tensor(view.K), torch.as_tensor(view.c2w))
+        np.testing.assert_allclose(got.numpy(), uv, atol=1e-6, rtol=0)
+        n_obs += len(pids)
+    assert n_obs == sum(len(t) for t in tracks.values())
+
+
+def test_to_colmap_cli_and_its_errors(generated, tmp_path, capsys):
+    from data_tools.__main__ import main
+
+    scene_root, _, _ = generated
+    out = tmp_path / "c"
+
+    def ok(*args: str) -> None:
+        with pytest.raises(SystemExit) as exc:  # typer exits with 0 after a command
+            main(["to-colmap", str(scene_root), *args])
+        assert exc.value.code == 0, capsys.readouterr().err
+
+    ok(str(out), "--text", "--no-masks", "--camera-model", "OPENCV", "--points", "50")
+    assert (out / "sparse" / "0" / "cameras.txt").read_text().count("OPENCV") == 1  # one shared camera
+    assert not (out / "masks").exists()
+    rgb = iio.imread(out / "images" / "train" / "0000.png")
+    assert rgb.shape == (32, 32, 3) and (rgb == 255).all(axis=2).any()  # composited over white
+    assert load_scene(out).views[0].distortion is None  # zero OPENCV coefficients: a pinhole
+    for args, needle in (
+        (["to-colmap", str(scene_root), str(out)], str(out)),  # exists, no --overwrite
+        (["to-colmap", str(scene_root), str(tmp_path / "d"), "--points", "3"], "--points"),
+        (["to-colmap", str(scene_root), str(tmp_path / "e"), "--mesh", str(tmp_path / "no.ply")], "no.ply"),
+        (["to-colmap", str(tmp_path / "nothing"), str(tmp_path / "f")], "nothing"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert exc.value.code == 2, args
+        err = capsys.readouterr().err
+        assert needle in err.replace("\n", "") and "Traceback" not in err, (args, err)
+    ok(str(out), "--overwrite", "--points", "50")
+    assert (out / "sparse" / "0" / "cameras.bin").is_file() and (out / "masks").is_dir()
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,3 +530,17 @@ def test_no_images_folder_and_no_points(tmp_path):
     with pytest.raises(UserError, match="0 usable 3D points") as err:
         load_scene(tmp_path)
     assert "points3D.txt" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["text", "binary"])
+def test_scene_identity_digests_the_model_files(tmp_path, kind):
+    """`train` records the scene's identity before loading it: for a COLMAP folder, the model's files."""
+    from neus2cli.data.identity import scene_identity
+
+    write_scene(tmp_path, kind)
+    ext = ".txt" if kind == "text" else ".bin"
+    first = scene_identity(tmp_path)
+    assert sorted(first["files"]) == sorted(f"{s}{ext}" for s in ("cameras", "images", "points3D"))
+    images = tmp_path / "sparse" / "0" / f"images{ext}"
+    images.write_bytes(images.read_bytes() + b"# edited\n")  # any change to a model file changes the digest
+    assert scene_identity(tmp_path)["sha256"] != first["sha256"]

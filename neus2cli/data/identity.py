@@ -1,7 +1,8 @@
 """A scene's identity: where it is and a digest of its camera files, so that a run can tell its own scene.
 
 The digest covers the files that define the cameras (``transforms*.json``, NeuS2 ``transform_*.json``,
-NeuS's ``cameras_sphere.npz``, a sequence's per-frame JSONs), not the images: reading every image
+NeuS's ``cameras_sphere.npz``, a COLMAP model's ``cameras``/``images``/``points3D`` files, a sequence's
+per-frame JSONs), not the images: reading every image
 would make ``--resume`` as slow as loading the scene, and a different scene nearly always comes with
 different camera files. A scene that moved keeps its digest, so it is still recognised.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from neus2cli.data.formats_colmap import MODEL_FILES, find_colmap_model
 from neus2cli.data.formats_neus import CAMERAS_FILE
 from neus2cli.data.loader import detect_format, top_level_jsons
 
@@ -36,7 +38,15 @@ def scene_identity(path: str | Path) -> dict:
     Raises ``UserError`` where ``path`` holds no scene (as ``load_scene`` does).
     """
     kind, found = detect_format(path)
-    files = [found[0][0] / CAMERAS_FILE] if kind == "neus" else [f for f, _ in found]
+    if kind == "neus":
+        files = [found[0][0] / CAMERAS_FILE]
+    elif kind == "colmap":  # ``found`` names the scene folder: digest the model's files (those present)
+        model_dir = find_colmap_model(found[0][0])
+        files = [
+            model_dir / f"{s}{e}" for s in MODEL_FILES for e in (".bin", ".txt") if (model_dir / f"{s}{e}").is_file()
+        ]
+    else:
+        files = [f for f, _ in found]
     return _identity(Path(path), files)
 
 
